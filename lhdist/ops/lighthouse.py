@@ -1,0 +1,62 @@
+"""The Lighthouse attention op: select, gather from the pyramid, causal SDPA, scatter back.
+
+Legend: B batch, N sequence, P pyramid length, S selected length, H query heads, G kv heads,
+D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lhdist.ops.gather import gather_entries
+from lhdist.ops.pyramid import pool_pyramid
+from lhdist.ops.scatter import scatter_entries
+from lhdist.ops.selection import lighthouse_select
+from lhdist.ops.spec import LighthouseSpec, check_qkv
+
+
+def check_indices(idx: torch.Tensor, q: torch.Tensor, k: torch.Tensor, spec: LighthouseSpec):
+    """Raise ValueError unless `idx` is a selection for q/k's shapes under `spec`."""
+    B, N, _, _ = q.shape
+    G = k.shape[2]
+    S = spec.selected_length(N)
+    if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64:
+        raise ValueError(f"indices must be an int64 tensor, got {getattr(idx, 'dtype', idx)}")
+    if tuple(idx.shape) != (B, G, S):
+        raise ValueError(
+            f"indices shape {tuple(idx.shape)} must be [B, G, S] = {(B, G, S)} for N={N} "
+            f"(S = N/p^(L-1) + (L-1)*p*k)"
+        )
+    if idx.device != q.device:
+        raise ValueError(f"indices on {idx.device} but q on {q.device}")
+    pyramid_len = sum(spec.level_lengths(N))
+    lo, hi = int(idx.min()), int(idx.max())  # one sync; a bad index would be a device assert
+    if lo < 0 or hi >= pyramid_len:
+        raise ValueError(f"indices span [{lo}, {hi}] outside the pyramid [0, {pyramid_len})")
+
+
+def lighthouse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: LighthouseSpec,
+    indices: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Lighthouse attention: q [B,N,H,D], k/v [B,N,G,D] -> [B,N,H,D], differentiable in q, k, v.
+
+    `indices` (from `lighthouse_select`) reuses a selection; otherwise it is computed here.
+    Gradients flow through the pooled q/k/v rows that are gathered, never through selection.
+    """
+    check_qkv(q, k, v, spec)
+    B, N, H, _ = q.shape
+    G = k.shape[2]
+    if indices is None:
+        indices = lighthouse_select(q, k, spec)
+    else:
+        check_indices(indices, q, k, spec)
+    q_BHSD = gather_entries(pool_pyramid(q, spec), indices)
+    k_BGSD = gather_entries(pool_pyramid(k, spec), indices)
+    v_BGSD = gather_entries(pool_pyramid(v, spec), indices)
+    o_BHSD = F.scaled_dot_product_attention(q_BHSD, k_BGSD, v_BGSD, is_causal=True, enable_gqa=H != G)
+    return scatter_entries(o_BHSD, indices, spec, N)
