@@ -1,0 +1,523 @@
+"""Typed run config: dataclass sections, YAML + `--section.key=value` overrides, validation."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Dims of each model flavor (Llama-3 style). `None` fields of ModelConfig are filled from here.
+MODEL_FLAVORS: dict[str, dict[str, Any]] = {
+    # CPU-sized: trains in minutes on 2 cores.
+    "tiny": dict(dim=128, num_layers=4, num_heads=4, num_kv_heads=2, ffn_dim=384,
+                 rope_theta=10000.0, tie_embeddings=True),
+    # Our pick for the paper's 270M ablation model: 24 x 1024, ~264M non-embedding parameters.
+    "270m": dict(dim=1024, num_layers=24, num_heads=16, num_kv_heads=8, ffn_dim=2560,
+                 rope_theta=500000.0, tie_embeddings=False),
+    # Our pick for the paper's 530M model: 30 layers (the paper keeps 0, 1, 28, 29 dense),
+    # head dim 128, ~516M non-embedding parameters.
+    "530m": dict(dim=1280, num_layers=30, num_heads=10, num_kv_heads=2, ffn_dim=3456,
+                 rope_theta=500000.0, tie_embeddings=False),
+    # Llama-3.2-1B dims.
+    "1b": dict(dim=2048, num_layers=16, num_heads=32, num_kv_heads=8, ffn_dim=8192,
+               rope_theta=500000.0, tie_embeddings=True),
+    # Llama-3-8B dims.
+    "8b": dict(dim=4096, num_layers=32, num_heads=32, num_kv_heads=8, ffn_dim=14336,
+               rope_theta=500000.0, tie_embeddings=False),
+}
+
+LAYOUTS = ("zigzag", "contiguous")
+ENGINES = ("deepspeed", "torch")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+DTYPES = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConfig:
+    """The Llama-3 model; dims left at None come from `flavor`."""
+
+    flavor: str = "tiny"
+    """One of tiny, 270m, 530m, 1b, 8b; supplies every dim not set explicitly."""
+    dim: int | None = None
+    """Hidden size."""
+    num_layers: int | None = None
+    """Transformer blocks."""
+    num_heads: int | None = None
+    """Query heads H."""
+    num_kv_heads: int | None = None
+    """Key/value heads G (GQA); must divide num_heads."""
+    ffn_dim: int | None = None
+    """SwiGLU hidden size."""
+    rope_theta: float | None = None
+    """RoPE base; positions are global token positions, so CP shards need no rank logic."""
+    tie_embeddings: bool | None = None
+    """Share the input embedding with the output projection."""
+    vocab_size: int = 320
+    """Embedding rows; at least the tokenizer's vocabulary (byte-level: 256 + specials)."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    init_std: float = 0.02
+    """Std of the normal weight init (output projections scaled by 1/sqrt(2*num_layers))."""
+
+
+@dataclass
+class LighthouseConfig:
+    """Lighthouse attention in the sparse layers during stage 1 (paper's names)."""
+
+    enabled: bool = True
+    """Use Lighthouse in stage 1; false trains dense attention throughout (the baseline)."""
+    num_levels: int = 3
+    """Pyramid levels L >= 2."""
+    pooling_factor: int = 4
+    """Window growth p per level (power of two)."""
+    topk: int = 128
+    """Selection budget k per level (multiple of 128)."""
+    selection: str = "tile"
+    """'tile' (paper, reference-exact) or 'global'."""
+    scorer: str = "norm"
+    """Parameter-free scorer ('norm')."""
+    full_attn_layers: list[int] | None = None
+    """Layers that stay dense; None: first two and last two (first and last below 8 layers)."""
+
+
+@dataclass
+class ParallelConfig:
+    """Process layout: world = dp_degree x cp_degree."""
+
+    dp_degree: int = -1
+    """Data-parallel replicas; -1: world_size / cp_degree."""
+    cp_degree: int = 1
+    """Context-parallel ranks that share one sequence."""
+    layout: str = "zigzag"
+    """How a sequence is cut over CP ranks: 'zigzag' (2*cp chunks, balanced) or 'contiguous'."""
+    backend: str = "auto"
+    """torch.distributed backend: auto (nccl on GPU, gloo on CPU), nccl or gloo."""
+    timeout_s: int = 600
+    """Collective timeout in seconds."""
+
+
+@dataclass
+class DataConfig:
+    """Training data."""
+
+    path: str = ""
+    """Prepared MDS dataset directory (`lhdist data prepare`); empty: the built-in corpus."""
+    seed: int = 0
+    """Shuffle seed of the data loader."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final lr / peak lr for the cosine and linear schedules."""
+    schedule: str = "cosine"
+    """After warmup: 'constant', 'cosine' or 'linear' decay to min_lr_ratio*lr at train.steps."""
+    warmup_steps: int = 20
+    """Linear warmup from 0 to lr."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.95
+    """Adam beta2."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (not applied to norms)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables."""
+
+
+@dataclass
+class TrainConfig:
+    """The run: steps, stages, batch, engine, logging."""
+
+    steps: int = 300
+    """Total optimizer steps (stage 1 + stage 2)."""
+    stage1_steps: int = 200
+    """Steps with Lighthouse in the sparse layers; afterwards every layer is dense."""
+    seq_len: int = 2048
+    """Tokens per sequence N (global, before CP sharding)."""
+    micro_batch_size: int = 2
+    """Sequences per data-parallel replica per step."""
+    engine: str = "deepspeed"
+    """'deepspeed' (ZeRO) or 'torch' (plain all-reduce over dp x cp)."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage 0-3."""
+    dtype: str = "auto"
+    """Compute dtype: auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16."""
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda."""
+    seed: int = 0
+    """Seed of the weight init and every RNG."""
+    run_dir: str = "runs/tiny_cpu"
+    """Where the resolved config, metrics.jsonl, TensorBoard and checkpoints go."""
+    log_every: int = 1
+    """Console/JSONL metrics every this many steps."""
+    tensorboard: bool = True
+    """Write TensorBoard events when tensorboard is installed."""
+    peak_tflops: float = 0.0
+    """Per-device peak for MFU; 0: known GPU table, or a short matmul probe on CPU."""
+    num_threads: int = 0
+    """torch intra-op threads per process on CPU; 0: cores / local processes."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Atomic checkpoints and automatic resume."""
+
+    enabled: bool = True
+    """Save checkpoints."""
+    every: int = 100
+    """Save every this many steps (and at the last step)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted."""
+    dir: str = ""
+    """Checkpoint directory; empty: <run_dir>/checkpoints."""
+    resume: str = "auto"
+    """'auto' (latest in dir, if any), 'none', or a checkpoint path."""
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network."""
+    lighthouse: LighthouseConfig = field(default_factory=LighthouseConfig)
+    """Sparse attention of stage 1."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """dp x cp layout."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and lr schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Steps, batch, engine, logging."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpointing."""
+
+    # --- derived values (all config-only; no torch) ---------------------------------------------
+
+    def sparse_layers(self) -> list[int]:
+        """Layers that run Lighthouse in stage 1 (empty when Lighthouse is disabled)."""
+        if not self.lighthouse.enabled:
+            return []
+        dense = set(self.lighthouse.full_attn_layers or [])
+        return [i for i in range(self.model.num_layers) if i not in dense]
+
+    def cp_chunks(self) -> int:
+        """Equal pieces a sequence is cut into for CP: 2*cp (zigzag) or cp (contiguous)."""
+        cp = self.parallel.cp_degree
+        return 2 * cp if self.parallel.layout == "zigzag" and cp > 1 else cp
+
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir or os.path.join(self.train.run_dir, "checkpoints"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)  # section name -> its dataclass
+
+
+# --- docs ----------------------------------------------------------------------------------------
+
+
+def field_docs() -> dict[str, str]:
+    """`section.key` -> the field's one-line docstring (read from this module's source)."""
+    tree = ast.parse(inspect.getsource(inspect.getmodule(Config)))
+    docs: dict[str, str] = {}
+    section_of = {cls.__name__: name for name, cls in SECTIONS.items()}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef) or node.name not in section_of:
+            continue
+        body = node.body
+        for stmt, nxt in zip(body, body[1:], strict=False):
+            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                docs[f"{section_of[node.name]}.{stmt.target.id}"] = str(nxt.value.value)
+    return docs
+
+
+def describe_keys() -> str:
+    """Every `--section.key` with its default and docstring, for `--help`."""
+    docs, default, lines = field_docs(), Config(), []
+    for section in SECTIONS:
+        for f in dataclasses.fields(getattr(default, section)):
+            key = f"{section}.{f.name}"
+            value = getattr(getattr(default, section), f.name)
+            lines.append(f"  --{key + '=' + repr(value):<38} {docs.get(key, '')}")
+    return "\n".join(lines)
+
+
+# --- typed assignment ----------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp`, or raise ValueError naming `key`, the type and the value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"{key}={value!r} must be {_type_name(tp)}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}={value!r} must be a list of {_type_name(item)}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str and isinstance(value, str):
+        return value
+    got = type(value).__name__
+    raise ValueError(f"{key}={value!r} must be of type {_type_name(tp)}, got {got}")
+
+
+def _set_key(cfg: Config, key: str, value: Any, origin: str) -> None:
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        raise ValueError(
+            f"unknown config key {key!r} (from {origin}); keys are <section>.<field> with "
+            f"sections: {', '.join(SECTIONS)}"
+        )
+    obj = getattr(cfg, section)
+    hints = typing.get_type_hints(type(obj))
+    if name not in hints:
+        valid = ", ".join(f"{section}.{n}" for n in hints)
+        raise ValueError(f"unknown config key {key!r} (from {origin}); valid keys: {valid}")
+    try:
+        setattr(obj, name, _coerce(value, hints[name], key))
+    except ValueError as e:
+        valid = ", ".join(f"{section}.{n}: {_type_name(t)}" for n, t in hints.items())
+        raise ValueError(f"{e} (from {origin}); valid keys: {valid}") from None
+
+
+def apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
+    """Set every `section: {key: value}` of `mapping` on `cfg`, strictly."""
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{origin} must hold a mapping of sections, got {type(mapping).__name__}")
+    for section, values in mapping.items():
+        if section not in SECTIONS:
+            raise ValueError(
+                f"unknown config section {section!r} (from {origin}); valid sections: "
+                f"{', '.join(SECTIONS)}"
+            )
+        if not isinstance(values, dict):
+            raise ValueError(f"section {section!r} (from {origin}) must be a mapping of keys")
+        for name, value in values.items():
+            _set_key(cfg, f"{section}.{name}", value, origin)
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
+    """`['--train.steps=10', '--optim.lr', '1e-3']` -> `[('train.steps', 10), ('optim.lr', ...)]`.
+
+    Values are read as YAML scalars/lists, so `true`, `3`, `[0, 3]` get their natural types.
+    """
+    pairs, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ValueError(f"expected --section.key=value, got {arg!r}")
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise ValueError(f"{arg} needs a value")
+            key, raw = arg[2:], args[i + 1]
+            i += 1
+        pairs.append((key, yaml.safe_load(raw) if raw != "" else ""))
+        i += 1
+    return pairs
+
+
+# --- resolution and validation -------------------------------------------------------------------
+
+
+def resolve(cfg: Config, world_size: int) -> Config:
+    """Fill flavor dims, dp_degree and full_attn_layers in place, then validate. Returns cfg."""
+    m = cfg.model
+    if m.flavor not in MODEL_FLAVORS:
+        raise ValueError(f"model.flavor={m.flavor!r} must be one of {list(MODEL_FLAVORS)}")
+    for key, value in MODEL_FLAVORS[m.flavor].items():
+        if getattr(m, key) is None:
+            setattr(m, key, value)
+    p = cfg.parallel
+    if p.cp_degree < 1:
+        raise ValueError(f"parallel.cp_degree={p.cp_degree} must be >= 1")
+    if p.dp_degree == -1:
+        if world_size % p.cp_degree:
+            raise ValueError(
+                f"world_size={world_size} is not divisible by parallel.cp_degree={p.cp_degree}"
+            )
+        p.dp_degree = world_size // p.cp_degree
+    if cfg.lighthouse.full_attn_layers is None:
+        n = m.num_layers
+        edge = 2 if n >= 8 else 1
+        cfg.lighthouse.full_attn_layers = sorted(set(range(edge)) | set(range(n - edge, n)))
+    validate(cfg, world_size)
+    return cfg
+
+
+def validate(cfg: Config, world_size: int) -> None:
+    """Raise ValueError (numbers and rule) for any setting that cannot run on `world_size`."""
+    m, lh, p, t = cfg.model, cfg.lighthouse, cfg.parallel, cfg.train
+    o, c = cfg.optim, cfg.checkpoint
+    for key in ("dim", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size"):
+        if getattr(m, key) < 1:
+            raise ValueError(f"model.{key}={getattr(m, key)} must be >= 1")
+    if m.num_heads % m.num_kv_heads:
+        raise ValueError(
+            f"model.num_heads={m.num_heads} must be divisible by model.num_kv_heads="
+            f"{m.num_kv_heads} (GQA shares each kv head among num_heads/num_kv_heads queries)"
+        )
+    if m.dim % m.num_heads or (m.dim // m.num_heads) % 2:
+        raise ValueError(
+            f"model.dim={m.dim} must be num_heads={m.num_heads} x an even head dim (RoPE rotates "
+            f"pairs)"
+        )
+    if p.dp_degree < 1 or p.dp_degree * p.cp_degree != world_size:
+        raise ValueError(
+            f"parallel.dp_degree={p.dp_degree} x parallel.cp_degree={p.cp_degree} = "
+            f"{p.dp_degree * p.cp_degree} must equal the world size {world_size}"
+        )
+    if p.layout not in LAYOUTS:
+        raise ValueError(f"parallel.layout={p.layout!r} must be one of {LAYOUTS}")
+    if p.backend not in ("auto", "nccl", "gloo"):
+        raise ValueError(f"parallel.backend={p.backend!r} must be auto, nccl or gloo")
+    chunks = cfg.cp_chunks()
+    if t.seq_len < 2 or t.seq_len % chunks:
+        rule = "2*cp_degree" if p.layout == "zigzag" and p.cp_degree > 1 else "cp_degree"
+        raise ValueError(
+            f"train.seq_len={t.seq_len} must be divisible by {rule}={chunks} "
+            f"(layout={p.layout}, cp_degree={p.cp_degree})"
+        )
+    for layer in lh.full_attn_layers or []:
+        if not 0 <= layer < m.num_layers:
+            raise ValueError(
+                f"lighthouse.full_attn_layers has {layer}, outside [0, num_layers={m.num_layers})"
+            )
+    if cfg.sparse_layers():
+        check_lighthouse_layout(cfg)
+    if not 0 <= t.stage1_steps <= t.steps:
+        raise ValueError(f"train.stage1_steps={t.stage1_steps} must be in [0, steps={t.steps}]")
+    if t.steps < 1 or t.micro_batch_size < 1 or t.log_every < 1:
+        raise ValueError(
+            f"train.steps={t.steps}, train.micro_batch_size={t.micro_batch_size} and "
+            f"train.log_every={t.log_every} must be >= 1"
+        )
+    for key, value, options in (
+        ("train.engine", t.engine, ENGINES),
+        ("train.dtype", t.dtype, DTYPES),
+        ("train.device", t.device, DEVICES),
+        ("optim.schedule", o.schedule, LR_SCHEDULES),
+    ):
+        if value not in options:
+            raise ValueError(f"{key}={value!r} must be one of {options}")
+    if not 0 <= t.zero_stage <= 3:
+        raise ValueError(f"train.zero_stage={t.zero_stage} must be 0, 1, 2 or 3")
+    if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:
+        raise ValueError(
+            f"optim.lr={o.lr} must be > 0, optim.warmup_steps={o.warmup_steps} >= 0, "
+            f"optim.min_lr_ratio={o.min_lr_ratio} in [0, 1], optim.grad_clip={o.grad_clip} >= 0"
+        )
+    if c.every < 1 or c.keep_last < 1:
+        raise ValueError(
+            f"checkpoint.every={c.every} and checkpoint.keep_last={c.keep_last} must be >= 1"
+        )
+
+
+def check_lighthouse_layout(cfg: Config) -> None:
+    """Lighthouse rules per CP chunk: every chunk must select on its own (tile) or hold whole
+    coarsest windows (global)."""
+    from lhdist.ops.spec import LighthouseSpec  # torch-only import; the ops' own rules live there
+
+    lh, n, chunks = cfg.lighthouse, cfg.train.seq_len, cfg.cp_chunks()
+    spec = LighthouseSpec(lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer)
+    where = f"(cp_degree={cfg.parallel.cp_degree}, layout={cfg.parallel.layout}: {chunks} chunks)"
+    if spec.selection == "global" or chunks == 1:
+        spec.check_seq_len(n)
+        if (n // chunks) % spec.coarsest_window:
+            raise ValueError(
+                f"train.seq_len={n} / {chunks} chunks = {n // chunks} tokens per chunk must be a "
+                f"multiple of pooling_factor**(num_levels-1)={spec.coarsest_window} {where}"
+            )
+        return
+    # Tile mode: each chunk runs its own tiles, so the tiles must split evenly over chunks.
+    if spec.num_tiles % chunks:
+        raise ValueError(
+            f"lighthouse.topk={spec.topk} gives {spec.num_tiles} tiles (topk/128), which must be a "
+            f"multiple of the {chunks} CP chunks {where}; use topk a multiple of {128 * chunks} "
+            f"or selection=global"
+        )
+    chunk_spec = dataclasses.replace(spec, topk=spec.topk // chunks)
+    try:
+        chunk_spec.check_seq_len(n // chunks)
+    except ValueError as e:
+        raise ValueError(f"per CP chunk of train.seq_len={n} {where}: {e}") from None
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    world_size: int | None = None,
+) -> Config:
+    """Defaults < YAML at `path` < `--section.key=value` overrides; resolved and validated.
+
+    `world_size` defaults to $WORLD_SIZE (torchrun) or 1.
+    """
+    cfg = Config()
+    if path is not None:
+        text = Path(path).read_text()
+        apply_mapping(cfg, yaml.safe_load(text) or {}, origin=str(path))
+    for key, value in parse_overrides(list(overrides or [])):
+        _set_key(cfg, key, value, origin="command line")
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return resolve(cfg, world_size)
+
+
+def config_from_dict(mapping: dict[str, Any], world_size: int = 1) -> Config:
+    """Rebuild a resolved config (e.g. the one stored in a checkpoint)."""
+    cfg = Config()
+    apply_mapping(cfg, mapping, origin="dict")
+    return resolve(cfg, world_size)

@@ -1,0 +1,131 @@
+"""Llama-3 blocks: RMSNorm, RoPE by position ids, GQA, SwiGLU, tied or untied embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lhdist.config import ModelConfig
+from lhdist.model.attention import AttentionFn, causal_attention
+from lhdist.model.rope import apply_rope, rope_angles
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 (bf16 mean of squares drifts), return in the input dtype.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.weight.float()).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = args.num_heads, args.num_kv_heads
+        self.head_dim = args.dim // args.num_heads
+        self.wq = nn.Linear(args.dim, self.num_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, self.num_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.num_heads * self.head_dim, args.dim, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionFn
+    ) -> torch.Tensor:
+        q = self.wq(x).unflatten(-1, (self.num_heads, self.head_dim))  # [B, N, H, D]
+        k = self.wk(x).unflatten(-1, (self.num_kv_heads, self.head_dim))  # [B, N, G, D]
+        v = self.wv(x).unflatten(-1, (self.num_kv_heads, self.head_dim))  # [B, N, G, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attn(q, k, v, self.layer_idx)  # [B, N, H, D]
+        return self.wo(out.flatten(-2))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args, layer_idx)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args.dim, args.ffn_dim)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionFn
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, attn)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Causal LM: token ids [B, N] and their global positions [N] or [B, N] -> logits [B, N, V].
+
+    `self.attention` is the injected attention function; it defaults to dense causal SDPA on
+    one device.
+    """
+
+    def __init__(self, args: ModelConfig) -> None:
+        super().__init__()
+        self.args = args
+        self.head_dim = args.dim // args.num_heads
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args, i) for i in range(args.num_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.attention: AttentionFn = causal_attention
+        self.reset_parameters()
+
+    def set_attention(self, attn: AttentionFn) -> None:
+        self.attention = attn
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.args.init_std
+        # Residual-branch outputs shrink with depth so the residual stream's variance stays O(1).
+        residual_std = std / math.sqrt(2 * self.args.num_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, std=residual_std)
+            else:
+                nn.init.normal_(p, std=std)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = rope_angles(positions, self.head_dim, self.args.rope_theta)
+        h = self.tok_embeddings(input_ids)
+        for layer in self.layers:
+            h = layer(h, cos, sin, self.attention)
+        return self.output(self.norm(h))
+
+
+def build_model(
+    args: ModelConfig, seed: int = 0, device: torch.device | str = "cpu"
+) -> Transformer:
+    """A freshly initialised model, identical on every rank for the same `seed`.
+
+    Built directly on `device` (an 8B model would not fit host memory once per rank). Reseeds
+    torch's global RNG.
+    """
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return Transformer(args)
