@@ -58,5 +58,7 @@ def lighthouse_attention(
     q_BHSD = gather_entries(pool_pyramid(q, spec), indices)
     k_BGSD = gather_entries(pool_pyramid(k, spec), indices)
     v_BGSD = gather_entries(pool_pyramid(v, spec), indices)
-    o_BHSD = F.scaled_dot_product_attention(q_BHSD, k_BGSD, v_BGSD, is_causal=True, enable_gqa=H != G)
+    o_BHSD = F.scaled_dot_product_attention(
+        q_BHSD, k_BGSD, v_BGSD, is_causal=True, enable_gqa=H != G
+    )
     return scatter_entries(o_BHSD, indices, spec, N)

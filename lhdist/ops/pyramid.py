@@ -38,7 +38,7 @@ def key_scores(k_BNGD: torch.Tensor) -> torch.Tensor:
 
 
 def score_pyramid(scores_BGN: torch.Tensor, spec: LighthouseSpec) -> list[torch.Tensor]:
-    """Scores of every level, level 1 first: level l is the max of level-1 scores over its window."""
+    """Scores of every level, level 1 first; level l: max of level-1 scores over its window."""
     levels = [scores_BGN]
     for _ in range(spec.num_levels - 1):
         prev = levels[-1]

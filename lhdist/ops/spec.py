@@ -77,7 +77,10 @@ class LighthouseSpec:
 
     def selected_length(self, seq_len: int) -> int:
         """S = N/c_L + (L-1)*p*k, the gathered length of every (batch, kv head)."""
-        return seq_len // self.coarsest_window + (self.num_levels - 1) * self.pooling_factor * self.topk
+        return (
+            seq_len // self.coarsest_window
+            + (self.num_levels - 1) * self.pooling_factor * self.topk
+        )
 
     def entries_per_level(self, seq_len: int) -> list[int]:
         """Emitted entries of each level (level 1 first); they sum to `selected_length`."""
