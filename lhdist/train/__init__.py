@@ -1,0 +1,1 @@
+"""Training: the loop, engines, data, checkpoints, metrics and the stage schedule."""
