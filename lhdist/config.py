@@ -143,14 +143,16 @@ class OptimConfig:
 class TrainConfig:
     """The run: steps, stages, batch, engine, logging."""
 
-    steps: int = 300
+    steps: int = 200
     """Total optimizer steps (stage 1 + stage 2)."""
-    stage1_steps: int = 200
+    stage1_steps: int = 150
     """Steps with Lighthouse in the sparse layers; afterwards every layer is dense."""
     seq_len: int = 2048
     """Tokens per sequence N (global, before CP sharding)."""
-    micro_batch_size: int = 2
-    """Sequences per data-parallel replica per step."""
+    micro_batch_size: int = 1
+    """Sequences per data-parallel replica per forward/backward."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; global batch = dp_degree x grad_accum x micro_batch."""
     engine: str = "deepspeed"
     """'deepspeed' (ZeRO) or 'torch' (plain all-reduce over dp x cp)."""
     zero_stage: int = 1
@@ -163,8 +165,8 @@ class TrainConfig:
     """Seed of the weight init and every RNG."""
     run_dir: str = "runs/tiny_cpu"
     """Where the resolved config, metrics.jsonl, TensorBoard and checkpoints go."""
-    log_every: int = 1
-    """Console/JSONL metrics every this many steps."""
+    log_every: int = 10
+    """A console line every this many steps (JSONL and the progress bar get every step)."""
     tensorboard: bool = True
     """Write TensorBoard events when tensorboard is installed."""
     peak_tflops: float = 0.0
@@ -440,11 +442,9 @@ def validate(cfg: Config, world_size: int) -> None:
         check_lighthouse_layout(cfg)
     if not 0 <= t.stage1_steps <= t.steps:
         raise ValueError(f"train.stage1_steps={t.stage1_steps} must be in [0, steps={t.steps}]")
-    if t.steps < 1 or t.micro_batch_size < 1 or t.log_every < 1:
-        raise ValueError(
-            f"train.steps={t.steps}, train.micro_batch_size={t.micro_batch_size} and "
-            f"train.log_every={t.log_every} must be >= 1"
-        )
+    for key in ("steps", "micro_batch_size", "grad_accum_steps", "log_every"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")
     for key, value, options in (
         ("train.engine", t.engine, ENGINES),
         ("train.dtype", t.dtype, DTYPES),

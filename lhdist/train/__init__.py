@@ -1,1 +1,1 @@
-"""Training: the loop, engines, data, checkpoints, metrics and the stage schedule."""
+"""Training: the loop, engines, checkpoints, metrics, stage schedule (data lives in data.py)."""

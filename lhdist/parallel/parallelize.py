@@ -1,0 +1,78 @@
+"""parallelize_model: inject the attention of each layer (Lighthouse or dense, one rank or CP)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lhdist.config import Config
+from lhdist.model import Transformer, causal_attention
+from lhdist.ops import LighthouseSpec, lighthouse_attention
+
+BlockAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+STAGE_SPARSE, STAGE_DENSE = 1, 2
+
+
+def lighthouse_spec(cfg: Config) -> LighthouseSpec:
+    lh = cfg.lighthouse
+    return LighthouseSpec(lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer)
+
+
+class AttentionRouter:
+    """The model's attention function: Lighthouse in the sparse layers during stage 1, dense
+    attention in every other case. Flipping `stage` changes no parameter, so the optimizer, its
+    state and the data position carry over untouched."""
+
+    def __init__(
+        self, sparse: BlockAttention, dense: BlockAttention, sparse_layers: list[int]
+    ) -> None:
+        self.sparse, self.dense = sparse, dense
+        self.sparse_layers = frozenset(sparse_layers)
+        self.stage = STAGE_SPARSE
+
+    def set_stage(self, stage: int) -> None:
+        if stage not in (STAGE_SPARSE, STAGE_DENSE):
+            raise ValueError(f"stage={stage} must be {STAGE_SPARSE} or {STAGE_DENSE}")
+        self.stage = stage
+
+    def is_sparse(self, layer_idx: int) -> bool:
+        return self.stage == STAGE_SPARSE and layer_idx in self.sparse_layers
+
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_idx: int
+    ) -> torch.Tensor:
+        return (self.sparse if self.is_sparse(layer_idx) else self.dense)(q, k, v)
+
+
+def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRouter:
+    """Give `model` the attention for `dims` (a ParallelDims, or None for one process).
+
+    One CP rank: `lighthouse_attention` / causal SDPA on the whole sequence. CP > 1: the ring
+    versions over `dims.cp_group` in `cfg.parallel.layout`; inputs are then local shards.
+    Returns the router; `router.set_stage(2)` makes every layer dense.
+    """
+    spec = lighthouse_spec(cfg) if cfg.sparse_layers() else None
+    cp_degree = 1 if dims is None else dims.cp_degree
+    if cp_degree == 1:
+        def sparse(q, k, v):
+            return lighthouse_attention(q, k, v, spec)
+
+        def dense(q, k, v):
+            return causal_attention(q, k, v)
+    else:
+        from lhdist.parallel import lighthouse_cp_attention, ring_attention
+
+        group, layout = dims.cp_group, cfg.parallel.layout
+
+        def sparse(q, k, v):
+            return lighthouse_cp_attention(q, k, v, spec, group=group, layout=layout)
+
+        def dense(q, k, v):
+            return ring_attention(q, k, v, group=group, layout=layout, causal=True)
+
+    router = AttentionRouter(sparse, dense, cfg.sparse_layers())
+    model.set_attention(router)
+    return router

@@ -1,0 +1,8 @@
+"""`python -m lhdist.train [--config X.yaml] [--section.key=value ...]`: the torchrun entry point."""
+
+import sys
+
+from lhdist.cli import train_command
+
+if __name__ == "__main__":
+    sys.exit(train_command(sys.argv[1:]))

@@ -1,0 +1,237 @@
+"""The training loop: one function, read top to bottom."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from lhdist.config import Config
+from lhdist.model import build_model
+from lhdist.parallel import (
+    ParallelDims,
+    destroy_distributed,
+    init_distributed,
+    shard_positions,
+    shard_sequence,
+)
+from lhdist.parallel.parallelize import lighthouse_spec, parallelize_model
+from lhdist.train import checkpoint as ckpt
+from lhdist.train.data import build_dataloader, validate_dataset
+from lhdist.train.engine import build_engine
+from lhdist.train.flops import flops_per_token, peak_flops_per_device
+from lhdist.train.metrics import MetricsLogger, memory_gib
+from lhdist.train.schedule import stage_at
+
+IGNORE_INDEX = -100
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run (or resume) the training described by the resolved `cfg`; returns a summary on every
+    rank. Launch one process per device (torchrun, slurm) or run it plainly for one process."""
+    # Everything a user can get wrong is checked before the first collective.
+    dataset = validate_dataset(cfg.data.path or None)
+    if dataset.vocab_size > cfg.model.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the dataset's tokenizer "
+            f"vocabulary {dataset.vocab_size}"
+        )
+    ensure_launch_env()
+    device = pick_device(cfg)
+    init_distributed(backend=None if cfg.parallel.backend == "auto" else cfg.parallel.backend,
+                     timeout_s=cfg.parallel.timeout_s)
+    try:
+        return run(cfg, device)
+    finally:
+        destroy_distributed()
+
+
+def run(cfg: Config, device: torch.device) -> dict[str, Any]:
+    t = cfg.train
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dims = ParallelDims(cfg.parallel.dp_degree, cfg.parallel.cp_degree, world)
+    is_rank0 = rank == 0
+    if device.type == "cpu":
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // local_procs))
+    use_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")
+    run_dir = Path(t.run_dir)
+    if is_rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        ckpt.remove_partial(cfg.checkpoint_dir())
+
+    # Model, attention per layer, optimizer. Same seed on every rank -> same initial weights.
+    model = build_model(cfg.model, seed=t.seed, device=device)
+    router = parallelize_model(model, dims, cfg)
+    engine = build_engine(model, cfg, dims)
+
+    # Data: every CP rank of a group reads the same sample (same dp_rank) and keeps its shard.
+    loader = build_dataloader(
+        cfg.data.path or None, seq_len=t.seq_len, micro_batch_size=t.micro_batch_size,
+        dp_rank=dims.dp_rank, dp_degree=dims.dp_degree, seed=cfg.data.seed,
+    )
+    positions = shard_positions(t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout)
+    positions = positions.to(device)
+
+    # Resume: engine state, RNG, data position, step; the stage follows from the step.
+    start_step, resume_from = 0, resume_path(cfg)
+    if resume_from is not None:
+        meta = ckpt.read_meta(resume_from)
+        ckpt.check_compatible(meta, cfg, resume_from)
+        state = ckpt.load_checkpoint(resume_from, engine)
+        loader.load_state_dict(state["data"])
+        start_step = meta["step"]
+    dist.barrier()
+
+    logger = MetricsLogger(run_dir, is_rank0, t.steps, start_step, t.tensorboard)
+    if resume_from is not None:
+        logger.event("resume", start_step, path=str(resume_from), stage=stage_at(start_step, cfg))
+    else:
+        logger.event("start", 0, world_size=world, dp=dims.dp_degree, cp=dims.cp_degree,
+                     engine=t.engine, zero_stage=t.zero_stage, device=device.type,
+                     params=sum(p.numel() for p in model.parameters()))
+    peak = peak_flops_per_device(cfg, device)
+    lh_stats = lighthouse_stats(cfg)
+    router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
+    batches = iter(loader)
+    loss_value, run_start, tokens_seen = float("nan"), time.perf_counter(), 0
+
+    for step in range(start_step + 1, t.steps + 1):
+        stage = stage_at(step, cfg)
+        if stage != router.stage:
+            logger.event("stage_switch", step, from_stage=router.stage, to_stage=stage,
+                         note="optimizer state and data position kept")
+            router.set_stage(stage)
+        step_start = time.perf_counter()
+
+        micro_batches = [local_shard(next(batches), dims, cfg, device)
+                         for _ in range(t.grad_accum_steps)]
+
+        # Loss = sum of local token losses / tokens of the whole global batch (each token counted
+        # once: CP shards partition a sequence), so gradients SUM over dp x cp and micro-batches.
+        global_tokens = sum((labels != IGNORE_INDEX).sum() for _, labels in micro_batches)
+        dist.all_reduce(global_tokens, group=dims.grad_group)
+        total_loss = torch.zeros((), device=device)
+        for input_ids, labels in micro_batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = engine(input_ids, positions)
+            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                       ignore_index=IGNORE_INDEX, reduction="sum")
+            engine.backward(loss_sum / global_tokens)
+            total_loss += loss_sum.detach()
+        grad_norm = engine.step()
+
+        dist.all_reduce(total_loss, group=dims.grad_group)
+        loss_value = float(total_loss / global_tokens)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step_time = time.perf_counter() - step_start
+        tokens = int(global_tokens)
+        tokens_seen += tokens
+
+        if is_rank0:
+            record = step_record(cfg, step, stage, loss_value, grad_norm, engine.lr(), tokens,
+                                 step_time, world, peak, device, lh_stats)
+            show = step % t.log_every == 0 or step == t.steps or step == start_step + 1
+            logger.step(record, show)
+
+        if cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps):
+            path = ckpt.save_checkpoint(cfg, engine, step, stage,
+                                        {"data": loader.state_dict(), "step": step})
+            logger.event("checkpoint", step, path=str(path))
+
+    elapsed = time.perf_counter() - run_start
+    summary = {"final_loss": loss_value, "steps": t.steps, "start_step": start_step,
+               "run_time_s": elapsed, "tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
+    logger.event("done", t.steps, **summary)
+    logger.close()
+    return summary
+
+
+# --- helpers (each used once above; kept out of the loop so it reads straight) -------------------
+
+
+def ensure_launch_env() -> None:
+    """A plain `python -m lhdist.train` / `lhdist train` is a world of one: fill in what torchrun
+    would have set."""
+    if "RANK" in os.environ:
+        return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+def local_shard(
+    batch: tuple[torch.Tensor, torch.Tensor], dims: Any, cfg: Config, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This CP rank's tokens of a [B, N] (input_ids, labels) batch, on `device`."""
+    input_ids, labels = batch
+    if dims.cp_degree > 1:
+        layout = cfg.parallel.layout
+        input_ids = shard_sequence(input_ids, dims.cp_rank, dims.cp_degree, layout, dim=1)
+        labels = shard_sequence(labels, dims.cp_rank, dims.cp_degree, layout, dim=1)
+    return input_ids.to(device), labels.to(device)
+
+
+def pick_device(cfg: Config) -> torch.device:
+    want = cfg.train.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("train.device=cuda but no CUDA device is available")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def resume_path(cfg: Config) -> Path | None:
+    resume = cfg.checkpoint.resume
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return ckpt.find_latest(cfg.checkpoint_dir())
+    path = Path(resume)
+    ckpt.read_meta(path)  # raises a clear error if it is not a checkpoint
+    return path
+
+
+def lighthouse_stats(cfg: Config) -> dict[str, Any] | None:
+    """Entries per level and per CP rank in stage 1 (fixed by the config: every head selects the
+    same S entries, and both selection modes hand each CP rank an equal share)."""
+    if not cfg.sparse_layers():
+        return None
+    spec, n, cp = lighthouse_spec(cfg), cfg.train.seq_len, cfg.parallel.cp_degree
+    selected = spec.selected_length(n)
+    return {
+        "lh_selected_len": selected,
+        "lh_entries_per_level": spec.entries_per_level(n),
+        "lh_entries_per_rank": [selected // cp] * cp,
+    }
+
+
+def step_record(cfg, step, stage, loss, grad_norm, lr, tokens, step_time, world, peak, device,
+                lh_stats) -> dict[str, Any]:
+    tokens_per_s = tokens / step_time
+    selected = lh_stats["lh_selected_len"] if lh_stats else None
+    dense_fpt, executed_fpt = flops_per_token(cfg, stage, selected)
+    record = {
+        "step": step, "stage": stage, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+        "tokens": tokens, "step_time_s": step_time, "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_device": tokens_per_s / world,
+        "mfu_dense": tokens_per_s * dense_fpt / (peak * world) if peak else None,
+        "mfu_executed": tokens_per_s * executed_fpt / (peak * world) if peak else None,
+        "memory_gib": memory_gib(device),
+    }
+    if lh_stats and stage == 1:
+        record.update(lh_stats)
+    return record
