@@ -6,6 +6,8 @@ windows per region, E entries per region, S = T*E selected entries per (batch, k
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from lhdist.ops.pyramid import group_query_scores, key_scores, score_pyramid
@@ -20,20 +22,16 @@ def _top_positions(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def _select_level(
-    cand_BGTC: torch.Tensor, sq_BGn: torch.Tensor, sk_BGn: torch.Tensor, half: int
+    cand_BGTC: torch.Tensor, sq_BGTC: torch.Tensor, sk_BGTC: torch.Tensor, half: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split candidates into (selected, rejected) window indices, both ascending per row.
 
     Selected: the `half` best by score_q, then the `half` best of the rest by score_k.
     """
-    B, G, T, C = cand_BGTC.shape
-    flat = cand_BGTC.reshape(B, G, T * C)
-    sq = sq_BGn.gather(2, flat).view(B, G, T, C)
-    sk = sk_BGn.gather(2, flat).view(B, G, T, C)
-    by_q = _top_positions(sq, half)
-    sk = sk.scatter(-1, by_q, float("-inf"))
-    by_k = _top_positions(sk, half)
-    chosen = torch.zeros(B, G, T, C, dtype=torch.int8, device=cand_BGTC.device)
+    C = cand_BGTC.shape[-1]
+    by_q = _top_positions(sq_BGTC, half)
+    by_k = _top_positions(sk_BGTC.scatter(-1, by_q, float("-inf")), half)
+    chosen = torch.zeros_like(cand_BGTC, dtype=torch.int8)
     chosen.scatter_(-1, torch.cat([by_q, by_k], dim=-1), 1)
     # Stable ascending argsort of the 0/1 mask lists unchosen positions first, each group in order.
     order = torch.argsort(chosen, dim=-1, stable=True)
@@ -50,18 +48,32 @@ def _entry_keys(level: int, windows: torch.Tensor, summary: bool, spec: Lighthou
     return windows * (c * scale)
 
 
-@torch.no_grad()
-def select_from_scores(
-    score_q_BGN: torch.Tensor, score_k_BGN: torch.Tensor, spec: LighthouseSpec
-) -> torch.Tensor:
-    """The cascade of spec section 3 (or 7 for global) on level-1 scores; int64 [B, G, S]."""
-    B, G, N = score_q_BGN.shape
-    spec.check_seq_len(N)
-    L, p, T, half = spec.num_levels, spec.pooling_factor, spec.num_tiles, spec.half_budget
-    sq_levels, sk_levels = score_pyramid(score_q_BGN, spec), score_pyramid(score_k_BGN, spec)
-    offsets = spec.level_offsets(N)
-    device = score_q_BGN.device
+ScoreFetch = Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(level, candidate windows [B, G, T, C]) -> their (score_q, score_k), each [B, G, T, C]."""
 
+
+@torch.no_grad()
+def cascade(
+    fetch_scores: ScoreFetch,
+    batch: int,
+    num_kv_heads: int,
+    seq_len: int,
+    spec: LighthouseSpec,
+    device: torch.device,
+) -> torch.Tensor:
+    """The cascade of spec section 3 (or 7 for global) over the whole sequence; int64 [B, G, S].
+
+    `fetch_scores` supplies candidate scores, so the same cascade runs on one device (a gather
+    from the score pyramid) and under context parallelism (scores of remote windows exchanged).
+    """
+    N, L, p, T, half = (
+        seq_len,
+        spec.num_levels,
+        spec.pooling_factor,
+        spec.num_tiles,
+        spec.half_budget,
+    )
+    offsets = spec.level_offsets(N)
     keys, pyramid_idx = [], []
 
     def emit(level: int, windows: torch.Tensor, summary: bool) -> None:
@@ -69,10 +81,11 @@ def select_from_scores(
         pyramid_idx.append(windows + offsets[level - 1])
 
     n_coarse = N // spec.coarsest_window
-    cand = torch.arange(n_coarse, device=device).view(1, 1, T, n_coarse // T).expand(B, G, -1, -1)
+    cand = torch.arange(n_coarse, device=device).view(1, 1, T, n_coarse // T)
+    cand = cand.expand(batch, num_kv_heads, -1, -1)
     children = torch.arange(p, device=device)
     for level in range(L, 1, -1):
-        selected, rejected = _select_level(cand, sq_levels[level - 1], sk_levels[level - 1], half)
+        selected, rejected = _select_level(cand, *fetch_scores(level, cand), half)
         emit(level, rejected, summary=False)
         emit(level, selected, summary=True)
         cand = (selected.unsqueeze(-1) * p + children).flatten(-2)
@@ -83,7 +96,25 @@ def select_from_scores(
     keys_BGTE = torch.cat(keys, dim=-1)
     idx_BGTE = torch.cat(pyramid_idx, dim=-1)
     order = torch.argsort(keys_BGTE, dim=-1)
-    return idx_BGTE.gather(-1, order).reshape(B, G, -1)
+    return idx_BGTE.gather(-1, order).reshape(batch, num_kv_heads, -1)
+
+
+@torch.no_grad()
+def select_from_scores(
+    score_q_BGN: torch.Tensor, score_k_BGN: torch.Tensor, spec: LighthouseSpec
+) -> torch.Tensor:
+    """The cascade on level-1 scores [B, G, N] held on this device; int64 [B, G, S]."""
+    B, G, N = score_q_BGN.shape
+    spec.check_seq_len(N)
+    sq_levels, sk_levels = score_pyramid(score_q_BGN, spec), score_pyramid(score_k_BGN, spec)
+
+    def fetch(level: int, cand_BGTC: torch.Tensor):
+        flat = cand_BGTC.reshape(B, G, -1)
+        sq = sq_levels[level - 1].gather(2, flat).view(cand_BGTC.shape)
+        sk = sk_levels[level - 1].gather(2, flat).view(cand_BGTC.shape)
+        return sq, sk
+
+    return cascade(fetch, B, G, N, spec, score_q_BGN.device)
 
 
 def lighthouse_select(q: torch.Tensor, k: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:

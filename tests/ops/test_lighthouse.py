@@ -124,3 +124,27 @@ def test_spec_from_golden_shape_is_selected_length():
     spec = LighthouseSpec(3, 4, 256)
     assert spec.selected_length(4096) == 4096 // 16 + 2 * 4 * 256
     assert sum(spec.entries_per_level(4096)) == spec.selected_length(4096)
+
+
+def test_spill_continues_scatter_across_a_split():
+    """Scatter of two halves, with the first half's spill added to the second, equals the whole."""
+    from lhdist.ops.scatter import add_spill, place_entries, spill, spread_windows
+
+    case = GRID[1]
+    spec, N = case.spec, case.N
+    q, k, _ = make_qkv(case, seed=21)
+    idx = lighthouse_select(q, k, spec)
+    o = torch.randn(case.B, case.H, idx.shape[-1], case.D, dtype=torch.float64)
+    whole = scatter_entries(o, idx, spec, N)
+    win = place_entries(o, idx, sum(spec.level_lengths(N)))
+    half = N // 2
+    halves = []
+    for part in range(2):  # the pyramid of each half: its rows of every level
+        rows = [
+            win[:, off + part * n // 2 : off + (part + 1) * n // 2]
+            for off, n in zip(spec.level_offsets(N), spec.level_lengths(N))
+        ]
+        halves.append(torch.cat(rows, dim=1))
+    first = spread_windows(halves[0], spec, half)
+    second = add_spill(spread_windows(halves[1], spec, half), spill(halves[0], spec, half), spec)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, atol=1e-12, rtol=0)
