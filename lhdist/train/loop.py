@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -35,29 +34,32 @@ IGNORE_INDEX = -100
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the training described by the resolved `cfg`; returns a summary on every
     rank. Launch one process per device (torchrun, slurm) or run it plainly for one process."""
-    # Everything a user can get wrong is checked before the first collective.
-    dataset = validate_dataset(cfg.data.path or None)
-    if dataset.vocab_size > cfg.model.vocab_size:
-        raise ValueError(
-            f"model.vocab_size={cfg.model.vocab_size} is smaller than the dataset's tokenizer "
-            f"vocabulary {dataset.vocab_size}"
-        )
-    ensure_launch_env()
+    # Everything a user can get wrong is checked before the first collective: the config was
+    # validated at load time; here the dataset (every shard present, sizes and hashes).
+    is_rank0 = (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0
+    dataset = validate_dataset(cfg.data.path or None, seq_len=cfg.train.seq_len,
+                               vocab_size=cfg.model.vocab_size, progress=is_rank0)
     device = pick_device(cfg)
-    init_distributed(backend=None if cfg.parallel.backend == "auto" else cfg.parallel.backend,
-                     timeout_s=cfg.parallel.timeout_s)
+    owns_process_group = not dist.is_initialized()
+    if owns_process_group:
+        init_distributed(backend=None if cfg.parallel.backend == "auto" else cfg.parallel.backend,
+                         timeout_s=cfg.parallel.timeout_s)
+    # DeepSpeed reads LOCAL_RANK; launchers that are not torchrun may leave it unset.
+    os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() % max(1, torch.cuda.device_count())))
     try:
-        return run(cfg, device)
+        return run(cfg, device, dataset)
     finally:
-        destroy_distributed()
+        if owns_process_group:
+            destroy_distributed()
 
 
-def run(cfg: Config, device: torch.device) -> dict[str, Any]:
+def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
     t = cfg.train
     rank, world = dist.get_rank(), dist.get_world_size()
-    dims = ParallelDims(cfg.parallel.dp_degree, cfg.parallel.cp_degree, world)
+    dims = ParallelDims(cfg.parallel.dp_degree, cfg.parallel.cp_degree, world).build_groups()
     is_rank0 = rank == 0
     if device.type == "cpu":
+        # Share the cores among the processes of this machine (torchrun sets LOCAL_WORLD_SIZE).
         local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // local_procs))
     use_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")
@@ -74,11 +76,11 @@ def run(cfg: Config, device: torch.device) -> dict[str, Any]:
 
     # Data: every CP rank of a group reads the same sample (same dp_rank) and keeps its shard.
     loader = build_dataloader(
-        cfg.data.path or None, seq_len=t.seq_len, micro_batch_size=t.micro_batch_size,
+        dataset, seq_len=t.seq_len, micro_batch_size=t.micro_batch_size,
         dp_rank=dims.dp_rank, dp_degree=dims.dp_degree, seed=cfg.data.seed,
     )
-    positions = shard_positions(t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout)
-    positions = positions.to(device)
+    positions = shard_positions(t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout,
+                                device=device)
 
     # Resume: engine state, RNG, data position, step; the stage follows from the step.
     start_step, resume_from = 0, resume_path(cfg)
@@ -156,19 +158,6 @@ def run(cfg: Config, device: torch.device) -> dict[str, Any]:
 
 
 # --- helpers (each used once above; kept out of the loop so it reads straight) -------------------
-
-
-def ensure_launch_env() -> None:
-    """A plain `python -m lhdist.train` / `lhdist train` is a world of one: fill in what torchrun
-    would have set."""
-    if "RANK" in os.environ:
-        return
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
 
 
 def local_shard(

@@ -1,0 +1,129 @@
+"""The `lhdist` command: a table of sub-commands, each imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> (module, function taking argv and returning an exit code, one-line help). `bench` and
+# `check` are hooks: they work as soon as their module defines `main(argv) -> int`.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("lhdist.cli", "train_command",
+              "train (no arguments: the tiny CPU model with Lighthouse on the built-in corpus)"),
+    "data": ("lhdist.cli", "data_command", "prepare or validate a token dataset"),
+    "bench": ("lhdist.bench", "main", "benchmarks: attention ops, training steps"),
+    "check": ("lhdist.check", "main", "dry-run a large layout: config, shapes, memory"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: lhdist <command> [args]", "", "commands:"]
+    lines += [f"  {name:<7} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "`lhdist <command> --help` for a command's arguments."]
+    return "\n".join(lines)
+
+
+def resolve_command(name: str) -> Callable[[list[str]], int]:
+    module_name, function, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise SystemExit(
+            f"lhdist {name}: not available in this install ({module_name} is missing)"
+        ) from None
+    return getattr(module, function)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"lhdist: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return int(resolve_command(name)(rest) or 0)
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+def train_command(argv: list[str]) -> int:
+    """`lhdist train [--config X.yaml] [--section.key=value ...]`; `python -m lhdist.train` too."""
+    from lhdist.config import describe_keys, load_config
+
+    parser = argparse.ArgumentParser(
+        prog="lhdist train", allow_abbrev=False, add_help=False,
+        description="Train a Llama model with Lighthouse attention (stage 1) then dense "
+                    "attention (stage 2).\nPrecedence: defaults < --config YAML < "
+                    "--section.key=value.",
+        epilog="Config keys (defaults are the tiny CPU run):\n" + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file with the sections to change")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help")
+    known, overrides = parser.parse_known_args(argv)
+    if known.help:
+        parser.print_help()
+        return 0
+    try:
+        cfg = load_config(known.config, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lhdist train: config error: {e}", file=sys.stderr)
+        return 2
+
+    from lhdist.train.loop import train
+
+    try:
+        train(cfg)
+    except ValueError as e:  # user-caused (dataset, checkpoint layout, ...): no traceback needed
+        print(f"lhdist train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def data_command(argv: list[str]) -> int:
+    """`lhdist data prepare INPUTS... --out DIR --seq-len N` and `lhdist data validate DIR`."""
+    parser = argparse.ArgumentParser(prog="lhdist data", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="action", required=True)
+    prep = sub.add_parser("prepare", help="tokenize text files into MDS shards")
+    prep.add_argument("inputs", nargs="+", help="text files or directories")
+    prep.add_argument("--out", required=True, help="dataset directory to create")
+    prep.add_argument("--seq-len", type=int, required=True, help="train.seq_len it will feed")
+    prep.add_argument("--tokenizer", default=None,
+                      help="'bytes' (default) or a Hugging Face tokenizer.json")
+    prep.add_argument("--ext", nargs="*", default=None,
+                      help="file extensions to read from directories (default .txt .md .rst .py)")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    check = sub.add_parser("validate", help="check a dataset's index and every shard")
+    check.add_argument("path")
+    check.add_argument("--seq-len", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    from lhdist.train.data import prepare_dataset, validate_dataset
+
+    try:
+        if args.action == "prepare":
+            extra = {"extensions": tuple(args.ext)} if args.ext else {}
+            info = prepare_dataset(args.inputs, args.out, seq_len=args.seq_len,
+                                   tokenizer=args.tokenizer, overwrite=args.overwrite, **extra)
+        else:
+            info = validate_dataset(args.path, seq_len=args.seq_len)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"lhdist data {args.action}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{info.path}: {info.num_samples} samples of {info.sample_len} tokens, "
+          f"tokenizer {info.tokenizer}, {len(info.shards)} shards")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
