@@ -4,10 +4,10 @@
 #   bash scripts/install.sh          # runtime: torch (if none), lhdist, streaming, deepspeed
 #   bash scripts/install.sh --dev    # + test and lint tools
 # Steps already done are skipped, so a second run takes a few seconds.
-#   torch              installed (pinned) only if none is importable; the script fails if any
-#                      later step changed it.
+#   torch              installed (pinned) only if none is importable; every later pip call is
+#                      constrained to the torch found, and the script checks it is unchanged.
 #   lhdist             editable, with the extras `data` (what streaming's MDS writer and reader
-#                      import) and `tensorboard`; skipped while build/install-stamp matches.
+#                      import) and `tensorboard`; skipped while its build/install-stamp-* matches.
 #   mosaicml-streaming --no-deps: its requirements pull torchvision (hence a CUDA torch) and
 #                      transformers, which lhdist never imports (lhdist.train.data loads only
 #                      the writer and reader submodules).
@@ -32,7 +32,9 @@ done
 start=$SECONDS
 
 # (pip's "Location ... is ignored" lines are noise from index folders a machine may configure.)
-pip_install() { "$PY" -m pip install -q --root-user-action=ignore "$@" 2> >(grep -v "^WARNING: Location" >&2); }
+pip_install() {
+  "$PY" -m pip install -q --root-user-action=ignore "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
 # Succeeds when distribution $1 is installed at exactly version $2.
 has_version() {
   "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('$1') != '$2')" 2>/dev/null
@@ -44,8 +46,12 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   pip_install "$TORCH_SPEC"
 fi
 torch_before=$(torch_version)
+# Every later pip call is held to this torch: a conflict fails loudly instead of replacing it.
+torch_pin=$(mktemp)
+trap 'rm -f "$torch_pin"' EXIT
+echo "torch==$torch_before" > "$torch_pin"
 
-stamp_file=build/install-stamp
+stamp_file=build/install-stamp-${extras//,/-}
 stamp="$("$PY" -c 'import sys; print(sys.executable, sys.prefix)') $extras $PWD
 $(sha256sum pyproject.toml | cut -d' ' -f1)"
 # Succeeds when lhdist is installed editable from this checkout.
@@ -60,7 +66,7 @@ if [[ -f $stamp_file && "$(cat $stamp_file)" == "$stamp" ]] && lhdist_here; then
   echo "[install] lhdist[$extras] already installed"
 else
   echo "[install] lhdist[$extras] (editable)"
-  pip_install -e ".[$extras]"
+  pip_install -c "$torch_pin" -e ".[$extras]"
   mkdir -p build && printf '%s\n' "$stamp" > "$stamp_file"
 fi
 
@@ -71,7 +77,7 @@ fi
 
 if [[ "${LHDIST_SKIP_DEEPSPEED:-0}" != 1 ]] && ! has_version deepspeed "$DEEPSPEED_VERSION"; then
   echo "[install] deepspeed==$DEEPSPEED_VERSION (built against torch $torch_before, no ops)"
-  DS_BUILD_OPS=0 pip_install --no-build-isolation "deepspeed==$DEEPSPEED_VERSION"
+  DS_BUILD_OPS=0 pip_install -c "$torch_pin" --no-build-isolation "deepspeed==$DEEPSPEED_VERSION"
   "$PY" -c "import deepspeed" >/dev/null 2>&1 || {
     echo "[install] error: deepspeed installed but does not import:" >&2
     "$PY" -c "import deepspeed" >&2
