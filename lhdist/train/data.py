@@ -59,6 +59,7 @@ def streaming_modules() -> SimpleNamespace:
     `import streaming` (and `import streaming.base`) import torchvision and transformers, which a
     CPU machine does not have and does not need: the package modules are registered without
     running their `__init__`, then only the writer, local reader and hashing submodules load.
+    A later `import streaming` in the same process gets those bare package modules.
     """
     if "streaming" not in sys.modules:
         if importlib.util.find_spec("streaming") is None:
