@@ -113,8 +113,16 @@ class LighthouseSpec:
             )
 
 
-def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: LighthouseSpec) -> None:
-    """Raise ValueError unless q [B,N,H,D], k/v [B,N,G,D] fit each other and `spec`."""
+def check_qkv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: LighthouseSpec,
+    seq_len: int | None = None,
+) -> None:
+    """Raise ValueError unless q [B,N,H,D], k/v [B,N,G,D] fit each other and `spec`.
+
+    `seq_len`: the global length the selection runs over when q/k/v are one shard of it."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -136,4 +144,4 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: Lighthous
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
-    spec.check_seq_len(N)
+    spec.check_seq_len(N if seq_len is None else seq_len)
