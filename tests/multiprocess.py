@@ -43,15 +43,21 @@ def _resolve(module_name: str, file: str, qualname: str) -> Any:
     return obj
 
 
-def _child_main(rank: int, world_size: int, run_dir: str, worker_ref: tuple[str, str, str],
-                args: tuple[Any, ...]) -> None:
+def _child_main(
+    rank: int,
+    world_size: int,
+    run_dir: str,
+    worker_ref: tuple[str, str, str],
+    args: tuple[Any, ...],
+) -> None:
     try:
         import torch
         import torch.distributed as dist
 
         torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{run_dir}/rendezvous",
-                                rank=rank, world_size=world_size)
+        dist.init_process_group(
+            "gloo", init_method=f"file://{run_dir}/rendezvous", rank=rank, world_size=world_size
+        )
         _resolve(*worker_ref)(rank, world_size, *args)
         dist.destroy_process_group()
     except BaseException:
@@ -70,8 +76,9 @@ def run_ranks(worker, world_size: int, tmp_path, *args: Any, timeout_s: float = 
     ref = (worker.__module__, sys.modules[worker.__module__].__file__, worker.__qualname__)
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_child_main, args=(rank, world_size, str(run_dir), ref, args),
-                    daemon=True)
+        ctx.Process(
+            target=_child_main, args=(rank, world_size, str(run_dir), ref, args), daemon=True
+        )
         for rank in range(world_size)
     ]
     for p in procs:
@@ -98,15 +105,18 @@ def run_ranks(worker, world_size: int, tmp_path, *args: Any, timeout_s: float = 
     for rank, p in enumerate(procs):
         tb_file = run_dir / f"rank{rank}.traceback"
         if tb_file.exists():
-            problems.append(f"--- rank {rank} raised (exit code {p.exitcode}):\n"
-                            f"{tb_file.read_text()}")
+            problems.append(
+                f"--- rank {rank} raised (exit code {p.exitcode}):\n{tb_file.read_text()}"
+            )
         elif p.exitcode not in (0, None) and rank not in still_running:
             problems.append(f"--- rank {rank} exited with code {p.exitcode} (no traceback)")
     if timed_out:
-        problems.insert(0, f"timed out after {timeout_s:.0f}s; ranks still running and killed: "
-                           f"{still_running}")
+        problems.insert(
+            0, f"timed out after {timeout_s:.0f}s; ranks still running and killed: {still_running}"
+        )
     elif still_running and problems:
         problems.append(f"(ranks {still_running} were killed after the failure above)")
     if problems:
-        raise AssertionError(f"{worker.__name__} on {world_size} ranks failed:\n"
-                             + "\n".join(problems))
+        raise AssertionError(
+            f"{worker.__name__} on {world_size} ranks failed:\n" + "\n".join(problems)
+        )

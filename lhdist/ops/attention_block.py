@@ -186,8 +186,15 @@ def _cuda_forward(
 
 
 def _cuda_backward(
-    impl: str, do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-    causal: bool, scale: float,
+    impl: str,
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    causal: bool,
+    scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     B, H, S = q.shape[:3]
     G, Sk = k.shape[1], k.shape[2]
@@ -198,13 +205,39 @@ def _cuda_backward(
     no_seqs = torch.empty(0, dtype=torch.int32, device=q.device)  # dense batch, not varlen
     if impl == "cudnn":
         dq, dk, dv = aten._scaled_dot_product_cudnn_attention_backward(
-            do, q, k, v, out, lse[..., None], seed, offset,
+            do,
+            q,
+            k,
+            v,
+            out,
+            lse[..., None],
+            seed,
+            offset,
             torch.empty(0, dtype=q.dtype, device=q.device),  # attn_bias: none
-            no_seqs, no_seqs, S, Sk, 0.0, causal, scale=scale,
+            no_seqs,
+            no_seqs,
+            S,
+            Sk,
+            0.0,
+            causal,
+            scale=scale,
         )
     elif impl == "flash":
         dq, dk, dv = aten._scaled_dot_product_flash_attention_backward(
-            do, q, k, v, out, lse, no_seqs, no_seqs, S, Sk, 0.0, causal, seed, offset,
+            do,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            no_seqs,
+            no_seqs,
+            S,
+            Sk,
+            0.0,
+            causal,
+            seed,
+            offset,
             scale=scale,
         )
     else:
@@ -212,8 +245,19 @@ def _cuda_backward(
         lse_padded = torch.zeros(B, H, padded, dtype=torch.float32, device=q.device)
         lse_padded[..., :S] = lse
         dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
-            do, q, k, v, None, out, lse_padded, seed, offset, 0.0,
-            [True, True, True, False], causal, scale=scale,
+            do,
+            q,
+            k,
+            v,
+            None,
+            out,
+            lse_padded,
+            seed,
+            offset,
+            0.0,
+            [True, True, True, False],
+            causal,
+            scale=scale,
         )
     return dq, _reduce_kv_grad(dk, G), _reduce_kv_grad(dv, G)
 
@@ -231,8 +275,9 @@ def _run_cuda(run, impl: str, q_BHSD: Tensor):
             return run(impl)
         except RuntimeError as err:  # unsupported shape/arch/build: remember and try the next
             _failed_cuda_impls.add((impl, *key_tail))
-            warnings.warn(f"attention block kernel {impl!r} failed, falling back: {err}",
-                          stacklevel=3)
+            warnings.warn(
+                f"attention block kernel {impl!r} failed, falling back: {err}", stacklevel=3
+            )
     return None
 
 

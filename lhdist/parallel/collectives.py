@@ -142,8 +142,9 @@ def _all_gather_dim0(x: Tensor, group: ProcessGroup | None) -> Tensor:
     def fallback() -> None:
         dist.all_gather(list(out.chunk(world)), x, group=group)
 
-    _run_with_gloo_fallback("all_gather", group, lambda: gather_single(out, x, group=group),
-                            fallback)
+    _run_with_gloo_fallback(
+        "all_gather", group, lambda: gather_single(out, x, group=group), fallback
+    )
     return out
 
 
@@ -158,8 +159,9 @@ def _reduce_scatter_dim0(x: Tensor, group: ProcessGroup | None) -> Tensor:
         dist.all_reduce(total, group=group)
         out.copy_(total.chunk(world)[rank])
 
-    _run_with_gloo_fallback("reduce_scatter", group, lambda: scatter_single(out, x, group=group),
-                            fallback)
+    _run_with_gloo_fallback(
+        "reduce_scatter", group, lambda: scatter_single(out, x, group=group), fallback
+    )
     return out
 
 
@@ -208,16 +210,19 @@ class _AllGather(torch.autograd.Function):
     def forward(ctx, x: Tensor, dim: int, group: ProcessGroup | None) -> Tensor:
         ctx.dim, ctx.group, ctx.stats = dim, group, active_comm_stats()
         world = dist.get_world_size(group)
-        record_comm("all_gather", x.numel() * x.element_size() * (world - 1), "forward",
-                    ctx.stats)
+        record_comm("all_gather", x.numel() * x.element_size() * (world - 1), "forward", ctx.stats)
         y = _all_gather_dim0(x.movedim(dim, 0), group)
         return y.movedim(0, dim)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         world = dist.get_world_size(ctx.group)
-        record_comm("reduce_scatter", dy.numel() * dy.element_size() * (world - 1) // world,
-                    "backward", ctx.stats)
+        record_comm(
+            "reduce_scatter",
+            dy.numel() * dy.element_size() * (world - 1) // world,
+            "backward",
+            ctx.stats,
+        )
         dx = _reduce_scatter_dim0(dy.movedim(ctx.dim, 0), ctx.group)
         return dx.movedim(0, ctx.dim), None, None
 
@@ -233,15 +238,20 @@ class _ReduceScatter(torch.autograd.Function):
     def forward(ctx, x: Tensor, dim: int, group: ProcessGroup | None) -> Tensor:
         ctx.dim, ctx.group, ctx.stats = dim, group, active_comm_stats()
         world = dist.get_world_size(group)
-        record_comm("reduce_scatter", x.numel() * x.element_size() * (world - 1) // world,
-                    "forward", ctx.stats)
+        record_comm(
+            "reduce_scatter",
+            x.numel() * x.element_size() * (world - 1) // world,
+            "forward",
+            ctx.stats,
+        )
         return _reduce_scatter_dim0(x.movedim(dim, 0), group).movedim(0, dim)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         world = dist.get_world_size(ctx.group)
-        record_comm("all_gather", dy.numel() * dy.element_size() * (world - 1), "backward",
-                    ctx.stats)
+        record_comm(
+            "all_gather", dy.numel() * dy.element_size() * (world - 1), "backward", ctx.stats
+        )
         dx = _all_gather_dim0(dy.movedim(ctx.dim, 0), ctx.group)
         return dx.movedim(0, ctx.dim), None, None
 
@@ -254,22 +264,28 @@ class _AllToAll(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, in_splits: list[int], out_splits: list[int],
-                group: ProcessGroup | None) -> Tensor:
+    def forward(
+        ctx, x: Tensor, in_splits: list[int], out_splits: list[int], group: ProcessGroup | None
+    ) -> Tensor:
         ctx.in_splits, ctx.out_splits, ctx.group = in_splits, out_splits, group
         ctx.stats = active_comm_stats()
         rank = dist.get_rank(group)
         row_bytes = x[:1].numel() * x.element_size()
-        record_comm("all_to_all", (sum(in_splits) - in_splits[rank]) * row_bytes, "forward",
-                    ctx.stats)
+        record_comm(
+            "all_to_all", (sum(in_splits) - in_splits[rank]) * row_bytes, "forward", ctx.stats
+        )
         return _all_to_all_dim0(x, in_splits, out_splits, group)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         rank = dist.get_rank(ctx.group)
         row_bytes = dy[:1].numel() * dy.element_size()
-        record_comm("all_to_all", (sum(ctx.out_splits) - ctx.out_splits[rank]) * row_bytes,
-                    "backward", ctx.stats)
+        record_comm(
+            "all_to_all",
+            (sum(ctx.out_splits) - ctx.out_splits[rank]) * row_bytes,
+            "backward",
+            ctx.stats,
+        )
         dx = _all_to_all_dim0(dy, ctx.out_splits, ctx.in_splits, ctx.group)
         return dx, None, None, None
 
@@ -292,8 +308,10 @@ def reduce_scatter(x: Tensor, dim: int, group: ProcessGroup | None) -> Tensor:
     """
     world = dist.get_world_size(group)
     if x.shape[dim] % world:
-        raise ValueError(f"reduce_scatter: size {x.shape[dim]} of dim {dim} must be divisible "
-                         f"by the group size {world}")
+        raise ValueError(
+            f"reduce_scatter: size {x.shape[dim]} of dim {dim} must be divisible "
+            f"by the group size {world}"
+        )
     if world == 1:
         return x
     return _ReduceScatter.apply(x, dim % x.dim(), group)
@@ -312,11 +330,14 @@ def all_to_all(
     world = dist.get_world_size(group)
     in_splits, out_splits = [int(s) for s in in_splits], [int(s) for s in out_splits]
     if len(in_splits) != world or len(out_splits) != world:
-        raise ValueError(f"all_to_all: in_splits ({len(in_splits)}) and out_splits "
-                         f"({len(out_splits)}) need one entry per rank of the group ({world})")
+        raise ValueError(
+            f"all_to_all: in_splits ({len(in_splits)}) and out_splits "
+            f"({len(out_splits)}) need one entry per rank of the group ({world})"
+        )
     if sum(in_splits) != x.shape[0]:
-        raise ValueError(f"all_to_all: sum(in_splits)={sum(in_splits)} must equal "
-                         f"x.shape[0]={x.shape[0]}")
+        raise ValueError(
+            f"all_to_all: sum(in_splits)={sum(in_splits)} must equal x.shape[0]={x.shape[0]}"
+        )
     if world == 1:
         return x
     return _AllToAll.apply(x, in_splits, out_splits, group)
@@ -348,8 +369,12 @@ class RingComm:
     transfers need distinct `tag`s (gloo matches messages by tag; NCCL keeps issue order).
     """
 
-    def __init__(self, group: ProcessGroup | None, phase: str = "forward",
-                 stats: tuple[CommStats, ...] | None = None) -> None:
+    def __init__(
+        self,
+        group: ProcessGroup | None,
+        phase: str = "forward",
+        stats: tuple[CommStats, ...] | None = None,
+    ) -> None:
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)

@@ -36,20 +36,29 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     is set to LOCAL_RANK first. Calling it again when already initialised just reports.
     """
     if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(),
-                        int(os.environ.get("LOCAL_RANK", 0)), dist.get_backend())
+        return DistInfo(
+            dist.get_rank(),
+            dist.get_world_size(),
+            int(os.environ.get("LOCAL_RANK", 0)),
+            dist.get_backend(),
+        )
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     timeout = datetime.timedelta(seconds=timeout_s)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if "nccl" in backend:
         torch.cuda.set_device(local_rank)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend, init_method="env://", timeout=timeout,
-                                rank=int(os.environ["RANK"]),
-                                world_size=int(os.environ["WORLD_SIZE"]))
+        dist.init_process_group(
+            backend,
+            init_method="env://",
+            timeout=timeout,
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+        )
     else:  # single process: an in-memory store, no port to pick
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
-                                timeout=timeout)
+        dist.init_process_group(
+            backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout
+        )
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
 
@@ -116,11 +125,14 @@ class ParallelDims:
 
         Every rank must call this (each rank takes part in creating every group)."""
         if not dist.is_initialized():
-            raise RuntimeError("build_groups needs torch.distributed initialised "
-                               "(call init_distributed first)")
+            raise RuntimeError(
+                "build_groups needs torch.distributed initialised (call init_distributed first)"
+            )
         if dist.get_world_size() != self.world_size:
-            raise ValueError(f"ParallelDims.world_size={self.world_size} but the process group "
-                             f"has {dist.get_world_size()} ranks")
+            raise ValueError(
+                f"ParallelDims.world_size={self.world_size} but the process group "
+                f"has {dist.get_world_size()} ranks"
+            )
         self.rank = dist.get_rank()
         world = dist.group.WORLD
         if self.cp_degree == self.world_size:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lhdist.ops.attention_block import attention_block_backward, attention_with_lse, lse_dtype
+from lhdist.parallel import ring_flash_adapter
 from lhdist.parallel.collectives import RingComm, check_same_across_ranks
 from lhdist.parallel.sharding import LAYOUTS, check_layout, local_chunk_ids
 
@@ -88,8 +89,16 @@ class _RingAttention(torch.autograd.Function):
     """Our ring over `group`; see the module docstring. Inputs and output are [B, S, heads, D]."""
 
     @staticmethod
-    def forward(ctx, q_BSHD: Tensor, k_BSGD: Tensor, v_BSGD: Tensor, group, layout: str,
-                causal: bool, scale: float) -> Tensor:
+    def forward(
+        ctx,
+        q_BSHD: Tensor,
+        k_BSGD: Tensor,
+        v_BSGD: Tensor,
+        group,
+        layout: str,
+        causal: bool,
+        scale: float,
+    ) -> Tensor:
         comm = RingComm(group, phase="forward")
         rank, world = comm.rank, comm.world_size
         my_chunks = local_chunk_ids(rank, world, layout)
@@ -108,8 +117,11 @@ class _RingAttention(torch.autograd.Function):
                 rows = slice(blk.q_lo * chunk_len, blk.q_hi * chunk_len)
                 cols = slice(blk.kv_lo * chunk_len, blk.kv_hi * chunk_len)
                 out_blk, lse_blk = attention_with_lse(
-                    q_BHSD[:, :, rows], kv_2BGSD[0, :, :, cols], kv_2BGSD[1, :, :, cols],
-                    blk.causal, scale,
+                    q_BHSD[:, :, rows],
+                    kv_2BGSD[0, :, :, cols],
+                    kv_2BGSD[1, :, :, cols],
+                    blk.causal,
+                    scale,
                 )
                 _merge_block(out_acc, lse_acc, rows, out_blk, lse_blk)
             if transfer is not None:
@@ -143,9 +155,14 @@ class _RingAttention(torch.autograd.Function):
                 rows = slice(blk.q_lo * chunk_len, blk.q_hi * chunk_len)
                 cols = slice(blk.kv_lo * chunk_len, blk.kv_hi * chunk_len)
                 dq, dk, dv = attention_block_backward(
-                    do_BHSD[:, :, rows], q_BHSD[:, :, rows], kv_2BGSD[0, :, :, cols],
-                    kv_2BGSD[1, :, :, cols], out_BHSD[:, :, rows], lse_BHS[:, :, rows],
-                    blk.causal, ctx.scale,
+                    do_BHSD[:, :, rows],
+                    q_BHSD[:, :, rows],
+                    kv_2BGSD[0, :, :, cols],
+                    kv_2BGSD[1, :, :, cols],
+                    out_BHSD[:, :, rows],
+                    lse_BHS[:, :, rows],
+                    blk.causal,
+                    ctx.scale,
                 )
                 dq_BHSD[:, :, rows] += dq
                 dkv_2BGSD[0, :, :, cols] += dk
@@ -216,21 +233,32 @@ def ring_attention(
     Every rank of `group` must call it with the same shapes and arguments; a mismatch raises
     ValueError on every rank (checked once per distinct configuration).
     """
-    from lhdist.parallel import ring_flash_adapter  # lazy: it probes optional packages
-
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} must be one of {IMPLS}")
     use_flash = impl == "ring_flash_attn" or (
         impl == "auto" and ring_flash_adapter.applies(q, k, layout, causal)
     )
     check_same_across_ranks(
-        [*_shape_code(q), *_shape_code(k), *_shape_code(v),
-         LAYOUTS.index(layout) if layout in LAYOUTS else -1, causal,
-         _DTYPE_CODES.get(q.dtype, 99), use_flash],
+        [
+            *_shape_code(q),
+            *_shape_code(k),
+            *_shape_code(v),
+            LAYOUTS.index(layout) if layout in LAYOUTS else -1,
+            causal,
+            _DTYPE_CODES.get(q.dtype, 99),
+            use_flash,
+        ],
         group,
         "ring_attention arguments",
-        names=[*_SHAPE_NAMES["q"], *_SHAPE_NAMES["k"], *_SHAPE_NAMES["v"],
-               "layout", "causal", "dtype", "ring_flash_attn"],
+        names=[
+            *_SHAPE_NAMES["q"],
+            *_SHAPE_NAMES["k"],
+            *_SHAPE_NAMES["v"],
+            "layout",
+            "causal",
+            "dtype",
+            "ring_flash_attn",
+        ],
         once_per_config=True,
     )
     _check_inputs(q, k, v, layout)
@@ -238,4 +266,3 @@ def ring_attention(
     if use_flash:
         return ring_flash_adapter.ring_flash_attention(q, k, v, group, layout, causal, scale)
     return _RingAttention.apply(q, k, v, group, layout, causal, scale)
-

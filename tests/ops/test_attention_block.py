@@ -36,10 +36,12 @@ def _sdpa_with_grads(q, k, v, causal, grad_out, scale=None):
     if causal:
         mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).tril()
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+            q, k, v, attn_mask=mask, scale=scale, enable_gqa=True
+        )
     else:
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, scale=scale, enable_gqa=True)
+            q, k, v, scale=scale, enable_gqa=True
+        )
     out.backward(grad_out)
     return out.detach(), q.grad, k.grad, v.grad
 
@@ -70,8 +72,11 @@ def test_attention_block_backward_matches_autograd(B, H, G, Sq, Sk, D, causal):
         assert got.shape == ref.shape
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
     # the math backward is the same closed form
-    for got, ref in zip(attention_block_backward_math(grad_out, q, k, v, out, lse, causal, scale),
-                        (dq, dk, dv), strict=True):
+    for got, ref in zip(
+        attention_block_backward_math(grad_out, q, k, v, out, lse, causal, scale),
+        (dq, dk, dv),
+        strict=True,
+    ):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
 
 
@@ -88,14 +93,17 @@ def test_attention_block_backward_uses_final_lse_of_merged_blocks():
     torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
     grads = [attention_block_backward(grad_out, q, kh, vh, out, lse, False) for kh, vh in halves]
     torch.testing.assert_close(grads[0][0] + grads[1][0], dq_ref, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(torch.cat([grads[0][1], grads[1][1]], 2), dk_ref, atol=1e-5,
-                               rtol=1e-4)
-    torch.testing.assert_close(torch.cat([grads[0][2], grads[1][2]], 2), dv_ref, atol=1e-5,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        torch.cat([grads[0][1], grads[1][1]], 2), dk_ref, atol=1e-5, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        torch.cat([grads[0][2], grads[1][2]], 2), dv_ref, atol=1e-5, rtol=1e-4
+    )
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64],
-                         ids=["bf16", "fp16", "fp64"])
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float64], ids=["bf16", "fp16", "fp64"]
+)
 def test_attention_with_lse_low_and_high_precision(dtype):
     q, k, v = _qkv(1, 4, 2, 64, 64, 16, dtype=dtype, seed=5)
     out, lse = attention_with_lse(q, k, v, True)
@@ -122,8 +130,9 @@ def test_select_block_impl_cpu_and_override(monkeypatch):
     monkeypatch.setenv("LHDIST_BLOCK_IMPL", "math")
     assert select_block_impl(q) == "math"
     q, k, v = _qkv(1, 4, 2, 16, 16, 8)
-    torch.testing.assert_close(attention_with_lse(q, k, v, True)[0],
-                               attention_with_lse_math(q, k, v, True)[0])
+    torch.testing.assert_close(
+        attention_with_lse(q, k, v, True)[0], attention_with_lse_math(q, k, v, True)[0]
+    )
     monkeypatch.setenv("LHDIST_BLOCK_IMPL", "nope")
     with pytest.raises(ValueError, match="LHDIST_BLOCK_IMPL"):
         select_block_impl(q)

@@ -33,8 +33,10 @@ def _check_against_single_process(rank, world, distributed_fn, reference_fn, sha
     rank's x in one process with the summed loss. Values and gradients must agree."""
     xs = [_rank_tensor(r, shape, seed).requires_grad_() for r in range(world)]
     ys_ref = reference_fn(xs)
-    ws = [torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 7 + r))
-          for r, y in enumerate(ys_ref)]
+    ws = [
+        torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 7 + r))
+        for r, y in enumerate(ys_ref)
+    ]
     sum((y * w).sum() for y, w in zip(ys_ref, ws, strict=True)).backward()
 
     x = xs[rank].detach().clone().requires_grad_()
@@ -48,27 +50,32 @@ def _check_collectives(rank: int, world: int, group) -> CommStats:
     with CommStats() as stats:
         for dim in (0, 1, -1):
             _check_against_single_process(
-                rank, world,
+                rank,
+                world,
                 lambda x, d=dim: all_gather(x, d, group),
                 lambda xs, d=dim: [torch.cat(xs, d)] * world,
-                (2, 3, 4), seed=1 + dim,
+                (2, 3, 4),
+                seed=1 + dim,
             )
             _check_against_single_process(
-                rank, world,
+                rank,
+                world,
                 lambda x, d=dim: reduce_scatter(x, d, group),
                 lambda xs, d=dim: list(torch.stack(xs).sum(0).chunk(world, d)),
-                (2 * world, world, 2 * world), seed=5 + dim,
+                (2 * world, world, 2 * world),
+                seed=5 + dim,
             )
         rows = _a2a_splits(world)
         _check_against_single_process(
-            rank, world,
-            lambda x: all_to_all(x[: sum(rows[rank])], rows[rank], [r[rank] for r in rows],
-                                 group),
+            rank,
+            world,
+            lambda x: all_to_all(x[: sum(rows[rank])], rows[rank], [r[rank] for r in rows], group),
             lambda xs: [
                 torch.cat([xs[p][: sum(rows[p])].split(rows[p])[q] for p in range(world)])
                 for q in range(world)
             ],
-            (3 * world + 1, 5), seed=9,
+            (3 * world + 1, 5),
+            seed=9,
         )
     return stats
 
@@ -88,8 +95,9 @@ def _check_ring_and_agreement(rank: int, world: int, group) -> None:
     # config agreement: equal passes; a rank-dependent value raises on every rank
     check_same_across_ranks([1, 2, 3], group, "cfg")
     with pytest.raises(ValueError) as err:
-        check_same_across_ranks([7, 64 if rank == world - 1 else 32], group, "test config",
-                                names=["a", "seq"])
+        check_same_across_ranks(
+            [7, 64 if rank == world - 1 else 32], group, "test config", names=["a", "seq"]
+        )
     msg = str(err.value)
     assert "test config differs across the ranks" in msg
     assert "seq=32" in msg and "seq=64" in msg, msg

@@ -14,8 +14,12 @@ from tests.multiprocess import run_ranks
 
 B, S, D = 2, 64, 16  # S: local length per rank
 HEADS = {"mha": (4, 4), "gqa": (4, 2)}  # name: (H, G)
-ALL_CASES = [(layout, heads, causal) for layout in ("zigzag", "contiguous")
-             for heads in HEADS for causal in (True, False)]
+ALL_CASES = [
+    (layout, heads, causal)
+    for layout in ("zigzag", "contiguous")
+    for heads in HEADS
+    for causal in (True, False)
+]
 
 
 def _full_inputs(world: int, heads: str, seed: int = 0):
@@ -33,7 +37,10 @@ def _reference(q, k, v, grad_out, causal):
     """SDPA on the whole sequence, in [B, N, heads, D], with q/k/v gradients."""
     q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
     out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        is_causal=causal,
         enable_gqa=True,
     ).transpose(1, 2)
     out.backward(grad_out)
@@ -57,8 +64,9 @@ def _check_case(rank, world, group, layout, heads, causal):
     out_l = ring_attention(q_l, k_l, v_l, group=group, layout=layout, causal=causal)
     out_l.backward(shard(grad_out))
     tag = f"W{world}-{layout}-{heads}-{'causal' if causal else 'full'}"
-    for name, got, ref in zip(("out", "dq", "dk", "dv"), (out_l, q_l.grad, k_l.grad, v_l.grad),
-                              refs, strict=True):
+    for name, got, ref in zip(
+        ("out", "dq", "dk", "dv"), (out_l, q_l.grad, k_l.grad, v_l.grad), refs, strict=True
+    ):
         assert got.shape == shard(ref).shape, (tag, name)
         _assert_close_rel(got.detach(), shard(ref), f"{tag} rank {rank} {name}")
 
@@ -111,8 +119,11 @@ def _check_bad_inputs(rank: int, world: int) -> None:
     H, G = HEADS["gqa"]
 
     def qkv(s, heads=(H, G)):
-        return (torch.randn(B, s, heads[0], D), torch.randn(B, s, heads[1], D),
-                torch.randn(B, s, heads[1], D))
+        return (
+            torch.randn(B, s, heads[0], D),
+            torch.randn(B, s, heads[1], D),
+            torch.randn(B, s, heads[1], D),
+        )
 
     with pytest.raises(ValueError, match="local length S=33 must be even"):
         ring_attention(*qkv(33), group=None, layout="zigzag")

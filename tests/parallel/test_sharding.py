@@ -34,13 +34,12 @@ def test_shard_sequence_round_trip(world, layout):
         assert torch.equal(local, x[:, positions])  # positions name the local tokens
         assert torch.all(positions[1:] > positions[:-1])  # local order is position order
         for i, c in enumerate(local_chunk_ids(rank, world, layout)):
-            pieces[c] = local[:, i * chunk:(i + 1) * chunk]
+            pieces[c] = local[:, i * chunk : (i + 1) * chunk]
     assert torch.equal(torch.cat([pieces[c] for c in sorted(pieces)], dim=1), x)
 
 
 def test_shard_sequence_zigzag_chunks():
-    assert [local_chunk_ids(r, 4, "zigzag") for r in range(4)] == [(0, 7), (1, 6), (2, 5),
-                                                                   (3, 4)]
+    assert [local_chunk_ids(r, 4, "zigzag") for r in range(4)] == [(0, 7), (1, 6), (2, 5), (3, 4)]
     assert shard_positions(16, 1, 4, "zigzag").tolist() == [2, 3, 12, 13]
     assert shard_positions(16, 1, 4, "contiguous").tolist() == [4, 5, 6, 7]
     x = torch.arange(8)
@@ -73,14 +72,19 @@ def _unshard_worker(rank: int, world: int) -> None:
     singles = {r: dist.new_group([r]) for r in range(world)}
     pairs = {p: dist.new_group(list(p)) for p in ((0, 1), (2, 3))}
     pair = (0, 1) if rank < 2 else (2, 3)
-    for group, members in ((dist.group.WORLD, tuple(range(world))), (pairs[pair], pair),
-                           (singles[rank], (rank,))):
+    for group, members in (
+        (dist.group.WORLD, tuple(range(world))),
+        (pairs[pair], pair),
+        (singles[rank], (rank,)),
+    ):
         w, r = len(members), members.index(rank)
         for layout in ("contiguous", "zigzag"):
             for dim in (1, 0):
                 x = torch.randn(8 * w, 8 * w, 3, generator=torch.Generator().manual_seed(1))
-                weights = [torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + p))
-                           for p in range(w)]
+                weights = [
+                    torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + p))
+                    for p in range(w)
+                ]
                 local = shard_sequence(x, r, w, layout, dim).clone().requires_grad_()
                 full = unshard_sequence(local, group, layout, dim)
                 assert torch.equal(full, x), (layout, dim, w)
