@@ -101,14 +101,19 @@ def run_ranks(worker, world_size: int, tmp_path, *args: Any, timeout_s: float = 
     for p in procs:
         p.join(timeout=10)
 
-    problems = []
+    # Tracebacks in the order they were written: the root cause first, then the ranks that
+    # failed because a peer went away.
+    tracebacks = sorted(
+        (f.stat().st_mtime_ns, int(f.stem.removeprefix("rank")), f.read_text())
+        for f in run_dir.glob("rank*.traceback")
+    )
+    problems = [
+        f"--- rank {rank} raised (exit code {procs[rank].exitcode}):\n{text}"
+        for _, rank, text in tracebacks
+    ]
+    reported = {rank for _, rank, _ in tracebacks}
     for rank, p in enumerate(procs):
-        tb_file = run_dir / f"rank{rank}.traceback"
-        if tb_file.exists():
-            problems.append(
-                f"--- rank {rank} raised (exit code {p.exitcode}):\n{tb_file.read_text()}"
-            )
-        elif p.exitcode not in (0, None) and rank not in still_running:
+        if rank not in reported and p.exitcode not in (0, None) and rank not in still_running:
             problems.append(f"--- rank {rank} exited with code {p.exitcode} (no traceback)")
     if timed_out:
         problems.insert(

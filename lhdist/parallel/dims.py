@@ -47,6 +47,12 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if "nccl" in backend:
         torch.cuda.set_device(local_rank)
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        raise ValueError(
+            f"SLURM_NTASKS={os.environ['SLURM_NTASKS']} but RANK/WORLD_SIZE are not set: start "
+            "the ranks with torchrun (one task per node), or export RANK, WORLD_SIZE, "
+            "LOCAL_RANK, MASTER_ADDR and MASTER_PORT per task"
+        )
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(
             backend,
