@@ -481,6 +481,12 @@ def check_lighthouse_layout(cfg: Config) -> None:
                 f"train.seq_len={n} / {chunks} chunks = {n // chunks} tokens per chunk must be a "
                 f"multiple of pooling_factor**(num_levels-1)={spec.coarsest_window} {where}"
             )
+        selected = spec.selected_length(n)
+        if selected % chunks:
+            raise ValueError(
+                f"the selected length S={selected} (N/p^(L-1) + (L-1)*p*k) must split into the "
+                f"{chunks} CP chunks {where}"
+            )
         return
     # Tile mode: each chunk runs its own tiles, so the tiles must split evenly over chunks.
     if spec.num_tiles % chunks:

@@ -63,7 +63,8 @@ def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRo
         def dense(q, k, v):
             return causal_attention(q, k, v)
     else:
-        from lhdist.parallel import lighthouse_cp_attention, ring_attention
+        from lhdist.parallel.lighthouse_cp import lighthouse_cp_attention
+        from lhdist.parallel.ring_attention import ring_attention
 
         group, layout = dims.cp_group, cfg.parallel.layout
 

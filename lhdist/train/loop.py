@@ -128,6 +128,7 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
                                        ignore_index=IGNORE_INDEX, reduction="sum")
             engine.backward(loss_sum / global_tokens)
             total_loss += loss_sum.detach()
+        lr = engine.lr()  # the lr this step uses; step() advances the schedule
         grad_norm = engine.step()
 
         dist.all_reduce(total_loss, group=dims.grad_group)
@@ -139,7 +140,7 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
         tokens_seen += tokens
 
         if is_rank0:
-            record = step_record(cfg, step, stage, loss_value, grad_norm, engine.lr(), tokens,
+            record = step_record(cfg, step, stage, loss_value, grad_norm, lr, tokens,
                                  step_time, world, peak, device, lh_stats)
             show = step % t.log_every == 0 or step == t.steps or step == start_step + 1
             logger.step(record, show)
