@@ -16,8 +16,9 @@ B, D = 2, 8
 HEADS = {"mha": (2, 2), "gqa": (4, 2)}
 # Several tiles per shard and several levels at W <= 4; one tile per chunk at W=8 zigzag.
 SPECS = {
-    "tile": (8192, LighthouseSpec(3, 2, 2048, "tile")),
-    "global": (8192, LighthouseSpec(4, 2, 512, "global")),
+    "tile": (4096, LighthouseSpec(3, 2, 1024, "tile")),  # 8 tiles: 2 per chunk at W=2 zigzag
+    "global": (4096, LighthouseSpec(4, 2, 256, "global")),
+    "tile16": (8192, LighthouseSpec(3, 2, 2048, "tile")),  # 16 tiles: W=8 zigzag
 }
 
 
@@ -32,21 +33,28 @@ def _inputs(N, heads, seed=0):
     return rand(H), rand(G), rand(G), torch.randn(B, N, H, D, generator=gen)
 
 
-def _check(rank, world, layout, selection, heads):
+def _reference(case):
+    """Inputs and the single-device op's output and gradients (computed once, in the parent)."""
+    _, selection, heads = case
     N, spec = SPECS[selection]
     q, k, v, grad_out = _inputs(N, heads)
     full = [t.clone().requires_grad_() for t in (q, k, v)]
-    ref = lighthouse_attention(*full, spec)
-    ref.backward(grad_out)
-    refs = [ref.detach()] + [t.grad for t in full]
+    out = lighthouse_attention(*full, spec)
+    out.backward(grad_out)
+    return (q, k, v, grad_out), [out.detach()] + [t.grad for t in full]
+
+
+def _check(rank, world, case, inputs, refs):
+    layout, selection, heads = case
+    N, spec = SPECS[selection]
 
     def shard(t):
         return shard_sequence(t, rank, world, layout, dim=1)
 
-    local = [shard(t).clone().requires_grad_() for t in (q, k, v)]
+    local = [shard(t).clone().requires_grad_() for t in inputs[:3]]
     with CommStats() as stats:
         out = lighthouse_cp_attention(*local, spec, group=dist.group.WORLD, layout=layout)
-    out.backward(shard(grad_out))
+    out.backward(shard(inputs[3]))
     tag = f"W{world}-{layout}-{selection}-{heads} rank {rank}"
     for name, got, want in zip(("out", "dq", "dk", "dv"), [out] + [t.grad for t in local], refs):
         want = shard(want)
@@ -56,11 +64,11 @@ def _check(rank, world, layout, selection, heads):
     return stats
 
 
-def _worker_all_cases(rank, world, cases):
-    for case in cases:
-        stats = _check(rank, world, *case)
+def _worker_all_cases(rank, world, cases, references):
+    for case, (inputs, refs) in zip(cases, references):
+        stats = _check(rank, world, case, inputs, refs)
         N, spec = SPECS[case[1]]
-        if world > 1 and case[1] == "global":
+        if world > 1 and spec.selection == "global":
             _assert_score_traffic_is_compact(stats, world, case[0], case[2], N, spec)
 
 
@@ -83,44 +91,53 @@ def _assert_score_traffic_is_compact(stats, world, layout, heads, N, spec):
     assert stats.bytes_sent("all_to_all", "forward") <= B * G * S * (H // G + 2) * D * 4
 
 
-CASES = [(lay, sel, heads) for lay in ("zigzag", "contiguous") for sel in SPECS for heads in HEADS]
+CASES = [
+    (lay, sel, heads)
+    for lay in ("zigzag", "contiguous")
+    for sel in ("tile", "global")
+    for heads in HEADS
+]
 
 
 @pytest.mark.parametrize("world", [1, 2, 4], ids=lambda w: f"W{w}")
 def test_lighthouse_cp_matches_single_device(world, tmp_path):
-    run_ranks(_worker_all_cases, world, tmp_path, CASES, timeout_s=300)
+    run_ranks(
+        _worker_all_cases, world, tmp_path, CASES, [_reference(c) for c in CASES], timeout_s=300
+    )
 
 
 def test_lighthouse_cp_matches_single_device_w8(tmp_path):
-    cases = [("zigzag", "tile", "gqa"), ("zigzag", "global", "gqa")]
-    run_ranks(_worker_all_cases, 8, tmp_path, cases, timeout_s=300)
+    cases = [("zigzag", "tile16", "gqa"), ("zigzag", "global", "gqa")]
+    run_ranks(_worker_all_cases, 8, tmp_path, cases, [_reference(c) for c in cases], timeout_s=300)
 
 
-def _worker_mismatch(rank, world):
-    spec = LighthouseSpec(3, 2, 2048 if rank == 0 else 1024, "tile")
+def _worker_bad_configs(rank, world):
     q, k, v, _ = _inputs(8192 // world, "mha")
+    # Ranks disagree on topk: every rank names both values instead of hanging.
+    spec = LighthouseSpec(3, 2, 2048 if rank == 0 else 1024, "tile")
     try:
         lighthouse_cp_attention(q, k, v, spec, group=dist.group.WORLD, layout="zigzag")
     except ValueError as err:
         assert "topk=2048" in str(err) and "topk=1024" in str(err), err
     else:
         raise AssertionError("mismatched specs across ranks were accepted")
-
-
-def _worker_indivisible(rank, world):
     # 4 tiles cannot sit on the 8 zigzag chunks of 4 ranks.
-    spec = LighthouseSpec(3, 2, 512, "tile")
-    q, k, v, _ = _inputs(8192 // world, "mha")
     try:
-        lighthouse_cp_attention(q, k, v, spec, group=dist.group.WORLD, layout="zigzag")
+        lighthouse_cp_attention(q, k, v, LighthouseSpec(3, 2, 512), group=dist.group.WORLD)
     except ValueError as err:
         assert "4 tiles must be divisible by the 8 chunks" in str(err), err
     else:
         raise AssertionError("tiles across chunk boundaries were accepted")
+    # A local length the layout cannot split.
+    try:
+        lighthouse_cp_attention(
+            q[:, :-1], k[:, :-1], v[:, :-1], LighthouseSpec(3, 2, 1024), group=dist.group.WORLD
+        )
+    except ValueError as err:
+        assert "must split into 2 chunks" in str(err), err
+    else:
+        raise AssertionError("an odd local length was accepted for zigzag")
 
 
-@pytest.mark.parametrize(
-    "worker", [_worker_mismatch, _worker_indivisible], ids=["mismatch", "tiles"]
-)
-def test_lighthouse_cp_bad_config_raises_on_every_rank(worker, tmp_path):
-    run_ranks(worker, 4, tmp_path, timeout_s=120)
+def test_lighthouse_cp_bad_config_raises_on_every_rank(tmp_path):
+    run_ranks(_worker_bad_configs, 4, tmp_path, timeout_s=120)
