@@ -81,7 +81,7 @@ def train_command(argv: list[str]) -> int:
 
     try:
         train(cfg)
-    except ValueError as e:  # user-caused (dataset, checkpoint layout, ...): no traceback needed
+    except (ValueError, FileNotFoundError) as e:  # user-caused (dataset, checkpoint layout, ...)
         print(f"lhdist train: error: {e}", file=sys.stderr)
         return 2
     return 0

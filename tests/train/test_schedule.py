@@ -1,0 +1,44 @@
+"""The lr schedule, the stage schedule and the FLOP accounting."""
+
+import math
+
+import pytest
+
+from lhdist.config import load_config
+from lhdist.train.flops import attention_flops_per_token, flops_per_token, matmul_params
+from lhdist.train.schedule import lr_factor, stage_at
+
+
+def cfg_with(*overrides):
+    return load_config(overrides=["--train.steps=100", "--train.stage1_steps=60",
+                                  "--optim.warmup_steps=10", *overrides])
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])
+def test_lr_warmup_then_decay_to_min(schedule):
+    cfg = cfg_with(f"--optim.schedule={schedule}", "--optim.min_lr_ratio=0.1")
+    assert [lr_factor(s, cfg) for s in (1, 5, 10)] == [0.1, 0.5, 1.0]
+    end = {"constant": 1.0, "cosine": 0.1, "linear": 0.1}[schedule]
+    assert math.isclose(lr_factor(100, cfg), end)
+    middle = {"constant": 1.0, "cosine": 0.55, "linear": 0.55}[schedule]
+    assert math.isclose(lr_factor(55, cfg), middle)
+
+
+def test_stage_switches_after_stage1_steps():
+    cfg = cfg_with()
+    assert [stage_at(s, cfg) for s in (1, 60, 61, 100)] == [1, 1, 2, 2]
+    assert stage_at(1, cfg_with("--lighthouse.enabled=false")) == 2
+    assert stage_at(1, cfg_with("--lighthouse.full_attn_layers=[0, 1, 2, 3]")) == 2
+
+
+def test_flops_dense_and_executed():
+    cfg = cfg_with()
+    n = cfg.train.seq_len
+    m = cfg.model
+    assert matmul_params(cfg) == m.num_layers * (128 * 32 * (8 + 4) + 3 * 128 * 384) + 128 * 320
+    dense, executed = flops_per_token(cfg, stage=2, selected_len=1152)
+    assert dense == executed == 6 * matmul_params(cfg) + 4 * 6 * 128 * n
+    dense1, executed1 = flops_per_token(cfg, stage=1, selected_len=1152)
+    assert dense1 == dense
+    saved = 2 * (attention_flops_per_token(cfg, n) - attention_flops_per_token(cfg, 1152))
+    assert math.isclose(executed1, dense - saved)
