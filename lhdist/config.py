@@ -157,6 +157,8 @@ class TrainConfig:
     """'deepspeed' (ZeRO) or 'torch' (plain all-reduce over dp x cp)."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage 0-3."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward (saves activation memory at long seq_len)."""
     dtype: str = "auto"
     """Compute dtype: auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16."""
     device: str = "auto"

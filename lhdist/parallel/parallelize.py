@@ -76,4 +76,21 @@ def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRo
 
     router = AttentionRouter(sparse, dense, cfg.sparse_layers())
     model.set_attention(router)
+    if cfg.train.activation_checkpointing:
+        apply_activation_checkpointing(model)
     return router
+
+
+def apply_activation_checkpointing(model: Transformer) -> None:
+    """Recompute every block's forward during the backward. The recompute re-runs the block's
+    attention collectives in the same order on every rank, and the stage is read at forward
+    time, so a block recomputes with the attention it ran."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.layers:
+        forward = block.forward
+
+        def checkpointed(*args, _forward=forward):
+            return checkpoint(_forward, *args, use_reentrant=False)
+
+        block.forward = checkpointed
