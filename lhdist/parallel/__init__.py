@@ -1,4 +1,4 @@
-"""Context parallelism: the dp x cp mesh, collectives, sequence sharding and ring attention."""
+"""Context parallelism: dp x cp mesh, collectives, sharding, ring and Lighthouse CP attention."""
 
 from lhdist.parallel.collectives import (
     CommStats,
@@ -9,6 +9,7 @@ from lhdist.parallel.collectives import (
     reduce_scatter,
 )
 from lhdist.parallel.dims import ParallelDims, destroy_distributed, init_distributed
+from lhdist.parallel.lighthouse_cp import lighthouse_cp_attention
 from lhdist.parallel.ring_attention import ring_attention
 from lhdist.parallel.sharding import shard_positions, shard_sequence, unshard_sequence
 
@@ -21,6 +22,7 @@ __all__ = [
     "check_same_across_ranks",
     "destroy_distributed",
     "init_distributed",
+    "lighthouse_cp_attention",
     "reduce_scatter",
     "ring_attention",
     "shard_positions",

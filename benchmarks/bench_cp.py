@@ -1,0 +1,157 @@
+"""Context-parallel layer benchmark: Lighthouse CP (tile, global) and dense ring attention.
+
+One process per GPU (torchrun), or gloo on CPU. Times one layer fwd+bwd on this rank's shard
+and, on one rank, the single-device baselines the CP numbers are judged against:
+
+    torchrun --nproc-per-node 1 benchmarks/bench_cp.py --seq-len 524288 --dense-seq-len 262144
+    torchrun --nproc-per-node 2 benchmarks/bench_cp.py --seq-len 1048576 --dense-seq-len 524288
+
+Rank 0 writes JSON (times, peak memory, bytes sent per collective kind) under
+benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, write_results  # noqa: E402
+
+from lhdist.ops import LighthouseSpec, lighthouse_attention  # noqa: E402
+from lhdist.parallel import CommStats, init_distributed, ring_attention  # noqa: E402
+from lhdist.parallel.lighthouse_cp import lighthouse_cp_attention  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seq-len", type=int, default=1048576, help="global N for Lighthouse")
+    ap.add_argument("--dense-seq-len", type=int, default=524288, help="global N for dense ring")
+    ap.add_argument("--config", default="3/4/2048", help="L/p/k")
+    ap.add_argument("--modes", default="tile,global,dense")
+    ap.add_argument("--layout", default="zigzag", choices=["zigzag", "contiguous"])
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--out-dir", default=None)
+    return ap.parse_args(argv)
+
+
+def time_fwd_bwd(fn, inputs, device, repeats, warmup, group):
+    def once():
+        for x in inputs:
+            x.grad = None
+        out = fn(*inputs)
+        out.backward(torch.ones_like(out))
+
+    for _ in range(warmup):
+        once()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    samples = []
+    for _ in range(repeats):
+        if group is not None:
+            dist.barrier(group)
+        start = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
+        end = torch.cuda.Event(enable_timing=True) if device.type == "cuda" else None
+        if start is not None:
+            start.record()
+        else:
+            import time
+
+            t0 = time.perf_counter()
+        once()
+        if end is not None:
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            samples.append((time.perf_counter() - t0) * 1e3)
+    result = {"median_ms": statistics.median(samples), "min_ms": min(samples)}
+    if device.type == "cuda":
+        result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
+
+
+def local_inputs(args, n_local, device, dtype, seed):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shapes = [(1, n_local, args.heads, args.head_dim)] + 2 * [
+        (1, n_local, args.kv_heads, args.head_dim)
+    ]
+    return [
+        torch.randn(s, device=device, dtype=dtype, generator=gen).requires_grad_() for s in shapes
+    ]
+
+
+def causal_sdpa(q, k, v):
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+        enable_gqa=q.shape[2] != k.shape[2],
+    ).transpose(1, 2)  # fmt: skip
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = init_distributed()
+    rank, world = info.rank, info.world_size
+    device = torch.device(f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dtype = getattr(torch, args.dtype)
+    group = dist.group.WORLD
+    L, p, k = (int(x) for x in args.config.split("/"))
+    timing = dict(device=device, repeats=args.repeats, warmup=args.warmup, group=group)
+    rows = []
+    for mode in args.modes.split(","):
+        N = args.dense_seq_len if mode == "dense" else args.seq_len
+        xs = local_inputs(args, N // world, device, dtype, seed=rank)
+        if mode == "dense":
+            fn = (
+                (lambda q, k, v: ring_attention(q, k, v, group, args.layout))
+                if world > 1
+                else causal_sdpa
+            )
+        else:
+            spec = LighthouseSpec(L, p, k, mode)
+            if world > 1:
+                fn = lambda q, k, v, spec=spec: lighthouse_cp_attention(  # noqa: E731
+                    q, k, v, spec, group, args.layout
+                )
+            else:
+                fn = lambda q, k, v, spec=spec: lighthouse_attention(q, k, v, spec)  # noqa: E731
+        with CommStats() as stats:
+            xs_once = [x.detach().clone().requires_grad_() for x in xs]
+            fn(*xs_once).sum().backward()
+        row = {"mode": mode, "N": N, "N_local": N // world, "world": world}
+        row.update(time_fwd_bwd(fn, xs, **timing))
+        row["bytes_sent_per_call"] = stats.as_dict()
+        rows.append(row)
+        if rank == 0:
+            ms, gib = row["median_ms"], row.get("peak_gib", 0)
+            print(f"[W={world}] {mode} N={N}: fwd+bwd {ms:.1f} ms, peak {gib:.1f} GiB, "
+                  f"comm {stats.as_dict()}", flush=True)  # fmt: skip
+        del xs
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if rank == 0:
+        payload = {"environment": environment(), "args": vars(args), "world": world, "rows": rows}
+        name = args.name or f"cp_layer_W{world}_{device.type}"
+        path = write_results(name, payload, args.out_dir)
+        print(f"wrote {path}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The op on CUDA equals the CPU path (run on an H200 through the device tool; never in CI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lhdist.ops import LighthouseSpec, lighthouse_attention, lighthouse_select
+from tests.ops.cases import GRID, Case, make_qkv
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+
+BIG = [
+    Case(B=1, N=65536, H=8, G=8, D=64, L=3, p=4, k=2048, selection="tile"),
+    Case(B=1, N=65536, H=8, G=2, D=64, L=4, p=4, k=1024, selection="global"),
+    Case(B=2, N=16384, H=4, G=4, D=32, L=2, p=8, k=512, selection="tile"),
+]
+
+
+@pytest.mark.parametrize("case", GRID + BIG, ids=lambda c: c.id)
+def test_gpu_indices_equal_cpu_fp32(case: Case):
+    q, k, _ = make_qkv(case, seed=31)
+    cpu = lighthouse_select(q, k, case.spec)
+    gpu = lighthouse_select(q.cuda(), k.cuda(), case.spec)
+    assert torch.equal(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("case", GRID[:4] + BIG[:2], ids=lambda c: c.id)
+def test_gpu_bf16_close_to_fp32_reference(case: Case):
+    q, k, v = make_qkv(case, seed=32)
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(33))
+    idx = lighthouse_select(q, k, case.spec)
+
+    def run(tensors, g, idx):
+        xs = [t.detach().clone().requires_grad_() for t in tensors]
+        out = lighthouse_attention(*xs, case.spec, idx)
+        out.backward(g)
+        return [out.detach().float().cpu()] + [x.grad.float().cpu() for x in xs]
+
+    ref = run((q, k, v), grad, idx)  # fp32 on CPU
+    low = run([t.cuda().bfloat16() for t in (q, k, v)], grad.cuda().bfloat16(), idx.cuda())
+    for name, a, b in zip(("out", "dq", "dk", "dv"), low, ref):
+        scale = b.abs().max()
+        err = ((a - b).abs().max() / scale).item()
+        assert err < 3e-2, f"{name}: bf16 error {err:.3g} of max magnitude"
+
+
+def test_gpu_fp32_matches_cpu_fp32():
+    case = GRID[1]
+    q, k, v = make_qkv(case, seed=34)
+    cpu = lighthouse_attention(q, k, v, case.spec)
+    gpu = lighthouse_attention(q.cuda(), k.cuda(), v.cuda(), case.spec).cpu()
+    torch.testing.assert_close(gpu, cpu, atol=2e-5, rtol=1e-4)
+
+
+def test_gpu_compiled_block_has_no_graph_break():
+    """A Llama block with Lighthouse attention compiles whole (fullgraph) and runs fwd+bwd."""
+    from lhdist.config import ModelConfig
+    from lhdist.model.llama import Block
+    from lhdist.model.rope import rope_angles
+
+    torch._dynamo.reset()
+    spec = LighthouseSpec(3, 4, 256)
+    cfg = ModelConfig(flavor="tiny", dim=256, num_layers=1, num_heads=4, num_kv_heads=2,
+                      ffn_dim=512, rope_theta=10000.0, tie_embeddings=False)  # fmt: skip
+    block = Block(cfg, 0).cuda().bfloat16()
+
+    def attn(q, k, v, layer_idx):
+        return lighthouse_attention(q, k, v, spec)
+
+    N = 8192
+    x = torch.randn(1, N, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = rope_angles(torch.arange(N, device="cuda"), 64, 10000.0)
+    compiled = torch.compile(lambda x: block(x, cos, sin, attn), fullgraph=True)
+    out = compiled(x)
+    out.float().square().mean().backward()
+    eager = block(x, cos, sin, attn)
+    torch.testing.assert_close(out, eager, atol=5e-2, rtol=5e-2)
+    assert x.grad is not None and torch.isfinite(x.grad).all()
