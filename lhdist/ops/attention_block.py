@@ -213,9 +213,9 @@ def _cuda_backward(
             lse[..., None],
             seed,
             offset,
-            torch.empty(0, dtype=q.dtype, device=q.device),  # attn_bias: none
-            no_seqs,
-            no_seqs,
+            None,  # attn_bias (an empty tensor would count as a bias)
+            None,  # cum_seq_q / cum_seq_k: dense batch, not varlen
+            None,
             S,
             Sk,
             0.0,

@@ -1,23 +1,92 @@
 """Shifted scatter-sum of entry outputs back to token positions (spec section 5), and its adjoint.
 
 An entry for window i of level l (size c) adds its output to positions [i*c + c - 1, i*c + 2c - 1)
-clipped to [0, N). Two steps, both without atomics and so deterministic:
-  place:  entry outputs -> a pyramid-shaped buffer of window outputs (each row written once);
-  spread: window outputs -> positions; windows of one level tile the sequence, so each level is a
-          broadcast add over shifted blocks. Its adjoint sums each shifted block (`span_sums`).
-The part of the last window's span that runs past N is the `spill` a context-parallel caller
-hands to the next shard.
+clipped to [0, N). These spans are "blocks": level-l blocks tile [c - 1, N), and since c_l - 1 is
+-1 modulo every finer window size, each level-l block is exactly p level-(l-1) blocks. So the
+scatter accumulates coarse to fine at block granularity (small tensors) and touches the
+full-length output once; its adjoint sums blocks fine to coarse after one read of the gradient.
+No atomics in either direction: both are deterministic.
 
-Legend: B batch, N sequence, P pyramid length, S selected length, H query heads, G kv heads,
-D head dim, R rows.
+Two entry points: `scatter_entries` (fused, single device) and `place_entries` + `spread_windows`
++ `spill` (context parallel: a shard's last blocks spill into the next shard).
+
+Legend: B batch, N sequence, P pyramid length, Pc = P - N, S selected length, H query heads,
+G kv heads, D head dim.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lhdist.ops.gather import entry_rows
+from lhdist.ops.gather import entry_rows, put_entries, take_entries
 from lhdist.ops.spec import LighthouseSpec
+
+
+def _blocks(x: torch.Tensor, p: int) -> torch.Tensor:
+    """The full blocks of x [B, n, H, D] (all but the clipped last one) as [B, n/p - 1, p, H, D]."""
+    B, n, H, D = x.shape
+    return x[:, p - 1 : n - 1].reshape(B, n // p - 1, p, H, D)
+
+
+def _spread(fine_BNHD: torch.Tensor, coarse: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
+    """out[j] = sum over levels of the window output whose block holds position j (no autograd).
+
+    fine: level-1 window outputs [B, N, H, D]; coarse: levels 2..L [B, Pc, H, D] (both read only).
+    """
+    B, N, H, D = fine_BNHD.shape
+    p = spec.pooling_factor
+    lengths = spec.level_lengths(N)[1:]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    acc = coarse[:, starts[-1] :]
+    for i in range(len(lengths) - 2, -1, -1):  # accumulate levels L..2 at block granularity
+        finer = coarse[:, starts[i] : starts[i] + lengths[i]].clone()
+        _blocks(finer, p).add_(acc[:, :-1].unsqueeze(2))
+        finer[:, -1] += acc[:, -1]
+        acc = finer
+    out = torch.empty_like(fine_BNHD)
+    out[:, : p - 1] = fine_BNHD[:, : p - 1]
+    torch.add(_blocks(fine_BNHD, p), acc[:, :-1].unsqueeze(2), out=_blocks(out, p))
+    out[:, -1] = fine_BNHD[:, -1] + acc[:, -1]
+    return out
+
+
+def _block_sums(grad_BNHD: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
+    """Adjoint of `_spread` for the coarse levels: every level-l block's gradient sum, levels
+    2..L concatenated [B, Pc, H, D] (level 1's adjoint is the gradient itself)."""
+    p = spec.pooling_factor
+    sums, finer = [], grad_BNHD
+    for _ in range(spec.num_levels - 1):
+        level = torch.cat([_blocks(finer, p).sum(2), finer[:, -1:]], dim=1)
+        sums.append(level)
+        finer = level
+    return torch.cat(sums, dim=1)
+
+
+class _ScatterEntries(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, o_BHSD, idx_BGS, spec, seq_len):
+        ctx.save_for_backward(idx_BGS)
+        ctx.spec = spec
+        coarse_len = sum(spec.level_lengths(seq_len)[1:])
+        fine, coarse = put_entries(o_BHSD, idx_BGS, seq_len, coarse_len)
+        return _spread(fine, coarse, spec)
+
+    @staticmethod
+    def backward(ctx, grad_BNHD):
+        (idx_BGS,) = ctx.saved_tensors
+        grad_BNHD = grad_BNHD.contiguous()
+        return take_entries(grad_BNHD, _block_sums(grad_BNHD, ctx.spec), idx_BGS), None, None, None
+
+
+def scatter_entries(
+    o_BHSD: torch.Tensor, idx_BGS: torch.Tensor, spec: LighthouseSpec, seq_len: int
+) -> torch.Tensor:
+    """Sum entry outputs [B, H, S, D] into token positions [B, N, H, D]; gradient: each entry
+    receives the sum of the position gradients over its span."""
+    return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len)
+
+
+# --- the same in two steps, for context parallelism ------------------------------------------
 
 
 def place_rows(values_RD: torch.Tensor, rows_R: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -35,43 +104,15 @@ def place_entries(o_BHSD: torch.Tensor, idx_BGS: torch.Tensor, pyramid_len: int)
     return win.view(B, pyramid_len, H, D)
 
 
-def _spread_forward(win_BPHD: torch.Tensor, spec: LighthouseSpec, N: int) -> torch.Tensor:
-    lengths, offsets = spec.level_lengths(N), spec.level_offsets(N)
-    out_BNHD = win_BPHD[:, :N].clone()  # level 1: one token per window, no shift
-    B, _, H, D = out_BNHD.shape
-    for level in range(2, spec.num_levels + 1):
-        c, off, n = spec.window(level), offsets[level - 1], lengths[level - 1]
-        win = win_BPHD[:, off : off + n]
-        # Window i < n-1 covers the block [i*c + c - 1, (i+1)*c + c - 1); the last window only
-        # reaches position N-1 before the clip.
-        out_BNHD[:, c - 1 : N - 1].view(B, n - 1, c, H, D).add_(win[:, : n - 1].unsqueeze(2))
-        out_BNHD[:, N - 1].add_(win[:, n - 1])
-    return out_BNHD
-
-
-def span_sums(x_BNHD: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
-    """Adjoint of `spread_windows`: for every pyramid row (window i of level l) the sum of x over
-    its span [i*c + c - 1, i*c + 2c - 1) clipped to N, laid out like the pyramid: [B, P, H, D]."""
-    B, N, H, D = x_BNHD.shape
-    lengths, offsets = spec.level_lengths(N), spec.level_offsets(N)
-    sums = x_BNHD.new_empty(B, offsets[-1] + lengths[-1], H, D)
-    sums[:, :N] = x_BNHD
-    for level in range(2, spec.num_levels + 1):
-        c, off, n = spec.window(level), offsets[level - 1], lengths[level - 1]
-        sums[:, off : off + n - 1] = x_BNHD[:, c - 1 : N - 1].reshape(B, n - 1, c, H, D).sum(2)
-        sums[:, off + n - 1] = x_BNHD[:, N - 1]
-    return sums
-
-
 class _SpreadWindows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, win_BPHD, spec, seq_len):
         ctx.spec = spec
-        return _spread_forward(win_BPHD, spec, seq_len)
+        return _spread(win_BPHD[:, :seq_len], win_BPHD[:, seq_len:], spec)
 
     @staticmethod
     def backward(ctx, grad_BNHD):
-        return span_sums(grad_BNHD, ctx.spec), None, None
+        return torch.cat([grad_BNHD, _block_sums(grad_BNHD, ctx.spec)], dim=1), None, None
 
 
 def spread_windows(win_BPHD: torch.Tensor, spec: LighthouseSpec, seq_len: int) -> torch.Tensor:
@@ -94,12 +135,3 @@ def add_spill(out_BNHD: torch.Tensor, spill_BLHD: torch.Tensor, spec: Lighthouse
     for level in range(2, spec.num_levels + 1):
         out_BNHD[:, : spec.window(level) - 1] += spill_BLHD[:, level - 2].unsqueeze(1)
     return out_BNHD
-
-
-def scatter_entries(
-    o_BHSD: torch.Tensor, idx_BGS: torch.Tensor, spec: LighthouseSpec, seq_len: int
-) -> torch.Tensor:
-    """Sum entry outputs [B, H, S, D] into token positions [B, N, H, D]; gradient: each entry
-    receives the sum of the position gradients over its span."""
-    pyramid_len = sum(spec.level_lengths(seq_len))
-    return spread_windows(place_entries(o_BHSD, idx_BGS, pyramid_len), spec, seq_len)

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lhdist.ops.gather import gather_entries
+from lhdist.ops.gather import gather_pooled
 from lhdist.ops.pyramid import group_query_scores, key_scores, pool_pyramid, score_pyramid
 from lhdist.ops.scatter import add_spill, place_entries, place_rows, spill, spread_windows
 from lhdist.ops.selection import cascade, lighthouse_select
@@ -143,7 +143,7 @@ def _tile_chunks(qs, ks, vs, chunk_spec, group, layout) -> list[Tensor]:
     """Tile mode: select, gather and (after the ring) place per chunk; window outputs per chunk."""
     idxs = [lighthouse_select(q, k, chunk_spec) for q, k in zip(qs, ks)]
     gathered = [
-        torch.cat([gather_entries(pool_pyramid(x, chunk_spec), i) for x, i in zip(xs, idxs)], 2)
+        torch.cat([gather_pooled(x, i, chunk_spec) for x, i in zip(xs, idxs)], dim=2)
         for xs in (qs, ks, vs)
     ]
     q_BSHD, k_BSGD, v_BSGD = (t.transpose(1, 2) for t in gathered)
