@@ -17,21 +17,56 @@ import yaml
 # Dims of each model flavor (Llama-3 style). `None` fields of ModelConfig are filled from here.
 MODEL_FLAVORS: dict[str, dict[str, Any]] = {
     # CPU-sized: trains in minutes on 2 cores.
-    "tiny": dict(dim=128, num_layers=4, num_heads=4, num_kv_heads=2, ffn_dim=384,
-                 rope_theta=10000.0, tie_embeddings=True),
+    "tiny": dict(
+        dim=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        ffn_dim=384,
+        rope_theta=10000.0,
+        tie_embeddings=True,
+    ),
     # Our pick for the paper's 270M ablation model: 24 x 1024, ~264M non-embedding parameters.
-    "270m": dict(dim=1024, num_layers=24, num_heads=16, num_kv_heads=8, ffn_dim=2560,
-                 rope_theta=500000.0, tie_embeddings=False),
+    "270m": dict(
+        dim=1024,
+        num_layers=24,
+        num_heads=16,
+        num_kv_heads=8,
+        ffn_dim=2560,
+        rope_theta=500000.0,
+        tie_embeddings=False,
+    ),
     # Our pick for the paper's 530M model: 30 layers (the paper keeps 0, 1, 28, 29 dense),
     # head dim 128, ~516M non-embedding parameters.
-    "530m": dict(dim=1280, num_layers=30, num_heads=10, num_kv_heads=2, ffn_dim=3456,
-                 rope_theta=500000.0, tie_embeddings=False),
+    "530m": dict(
+        dim=1280,
+        num_layers=30,
+        num_heads=10,
+        num_kv_heads=2,
+        ffn_dim=3456,
+        rope_theta=500000.0,
+        tie_embeddings=False,
+    ),
     # Llama-3.2-1B dims.
-    "1b": dict(dim=2048, num_layers=16, num_heads=32, num_kv_heads=8, ffn_dim=8192,
-               rope_theta=500000.0, tie_embeddings=True),
+    "1b": dict(
+        dim=2048,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        ffn_dim=8192,
+        rope_theta=500000.0,
+        tie_embeddings=True,
+    ),
     # Llama-3-8B dims.
-    "8b": dict(dim=4096, num_layers=32, num_heads=32, num_kv_heads=8, ffn_dim=14336,
-               rope_theta=500000.0, tie_embeddings=False),
+    "8b": dict(
+        dim=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        ffn_dim=14336,
+        rope_theta=500000.0,
+        tie_embeddings=False,
+    ),
 }
 
 LAYOUTS = ("zigzag", "contiguous")
@@ -143,9 +178,9 @@ class OptimConfig:
 class TrainConfig:
     """The run: steps, stages, batch, engine, logging."""
 
-    steps: int = 200
+    steps: int = 400
     """Total optimizer steps (stage 1 + stage 2)."""
-    stage1_steps: int = 150
+    stage1_steps: int = 300
     """Steps with Lighthouse in the sparse layers; afterwards every layer is dense."""
     seq_len: int = 2048
     """Tokens per sequence N (global, before CP sharding)."""
@@ -183,7 +218,7 @@ class CheckpointConfig:
 
     enabled: bool = True
     """Save checkpoints."""
-    every: int = 100
+    every: int = 200
     """Save every this many steps (and at the last step)."""
     keep_last: int = 2
     """Checkpoints kept; older ones are deleted."""
@@ -252,8 +287,12 @@ def field_docs() -> dict[str, str]:
             continue
         body = node.body
         for stmt, nxt in zip(body, body[1:], strict=False):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+            ):
                 docs[f"{section_of[node.name]}.{stmt.target.id}"] = str(nxt.value.value)
     return docs
 

@@ -1,4 +1,4 @@
-"""`python -m lhdist.train [--config X.yaml] [--section.key=value ...]`: the torchrun entry point."""
+"""`python -m lhdist.train [--config X.yaml] [--section.key=value ...]`, for torchrun."""
 
 import sys
 

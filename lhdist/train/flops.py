@@ -45,12 +45,24 @@ def flops_per_token(cfg: Config, stage: int, selected_len: int | None) -> tuple[
 
 
 # bf16 dense tensor-core peaks (no sparsity), FLOP/s.
-GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "B200": 2250e12,
-                 "GB200": 2500e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12}
+GPU_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "H800": 989e12,
+    "B200": 2250e12,
+    "GB200": 2500e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+}
 
 
 def peak_flops_per_device(cfg: Config, device: torch.device) -> float | None:
-    """Peak FLOP/s of a device: configured, a known GPU, or a CPU matmul probe; None if unknown."""
+    """Peak FLOP/s of a device: configured, a known GPU, or a CPU matmul probe; None if unknown.
+
+    On CPU the "peak" is what a large fp32 GEMM reaches with this process's threads: MFU there
+    says how close the model's step comes to the best matmul this machine does.
+    """
     if cfg.train.peak_tflops > 0:
         return cfg.train.peak_tflops * 1e12
     if device.type == "cuda":
@@ -59,7 +71,7 @@ def peak_flops_per_device(cfg: Config, device: torch.device) -> float | None:
     return probe_cpu_matmul_flops()
 
 
-def probe_cpu_matmul_flops(size: int = 512, seconds: float = 0.2) -> float:
+def probe_cpu_matmul_flops(size: int = 1024, seconds: float = 0.3) -> float:
     """FLOP/s of an fp32 GEMM with this process's threads: the CPU 'peak' that MFU refers to."""
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
