@@ -57,14 +57,14 @@ def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRo
     spec = lighthouse_spec(cfg) if cfg.sparse_layers() else None
     cp_degree = 1 if dims is None else dims.cp_degree
     if cp_degree == 1:
+
         def sparse(q, k, v):
             return lighthouse_attention(q, k, v, spec)
 
         def dense(q, k, v):
             return causal_attention(q, k, v)
     else:
-        from lhdist.parallel.lighthouse_cp import lighthouse_cp_attention
-        from lhdist.parallel.ring_attention import ring_attention
+        from lhdist.parallel import lighthouse_cp_attention, ring_attention
 
         group, layout = dims.cp_group, cfg.parallel.layout
 
