@@ -10,8 +10,11 @@ from collections.abc import Callable, Sequence
 # name -> (module, function taking argv and returning an exit code, one-line help). `bench` and
 # `check` are hooks: they work as soon as their module defines `main(argv) -> int`.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("lhdist.cli", "train_command",
-              "train (no arguments: the tiny CPU model with Lighthouse on the built-in corpus)"),
+    "train": (
+        "lhdist.cli",
+        "train_command",
+        "train (no arguments: the tiny CPU model with Lighthouse on the built-in corpus)",
+    ),
     "data": ("lhdist.cli", "data_command", "prepare or validate a token dataset"),
     "bench": ("lhdist.bench", "main", "benchmarks: attention ops, training steps"),
     "check": ("lhdist.check", "main", "dry-run a large layout: config, shapes, memory"),
@@ -58,10 +61,12 @@ def train_command(argv: list[str]) -> int:
     from lhdist.config import describe_keys, load_config
 
     parser = argparse.ArgumentParser(
-        prog="lhdist train", allow_abbrev=False, add_help=False,
+        prog="lhdist train",
+        allow_abbrev=False,
+        add_help=False,
         description="Train a Llama model with Lighthouse attention (stage 1) then dense "
-                    "attention (stage 2).\nPrecedence: defaults < --config YAML < "
-                    "--section.key=value.",
+        "attention (stage 2).\nPrecedence: defaults < --config YAML < "
+        "--section.key=value.",
         epilog="Config keys (defaults are the tiny CPU run):\n" + describe_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -98,10 +103,15 @@ def data_command(argv: list[str]) -> int:
     prep.add_argument("inputs", nargs="+", help="text files or directories")
     prep.add_argument("--out", required=True, help="dataset directory to create")
     prep.add_argument("--seq-len", type=int, required=True, help="train.seq_len it will feed")
-    prep.add_argument("--tokenizer", default=None,
-                      help="'bytes' (default) or a Hugging Face tokenizer.json")
-    prep.add_argument("--ext", nargs="*", default=None,
-                      help="file extensions to read from directories (default .txt .md .rst .py)")
+    prep.add_argument(
+        "--tokenizer", default=None, help="'bytes' (default) or a Hugging Face tokenizer.json"
+    )
+    prep.add_argument(
+        "--ext",
+        nargs="*",
+        default=None,
+        help="file extensions to read from directories (default .txt .md .rst .py)",
+    )
     prep.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     check = sub.add_parser("validate", help="check a dataset's index and every shard")
     check.add_argument("path")
@@ -113,15 +123,23 @@ def data_command(argv: list[str]) -> int:
     try:
         if args.action == "prepare":
             extra = {"extensions": tuple(args.ext)} if args.ext else {}
-            info = prepare_dataset(args.inputs, args.out, seq_len=args.seq_len,
-                                   tokenizer=args.tokenizer, overwrite=args.overwrite, **extra)
+            info = prepare_dataset(
+                args.inputs,
+                args.out,
+                seq_len=args.seq_len,
+                tokenizer=args.tokenizer,
+                overwrite=args.overwrite,
+                **extra,
+            )
         else:
             info = validate_dataset(args.path, seq_len=args.seq_len)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"lhdist data {args.action}: error: {e}", file=sys.stderr)
         return 2
-    print(f"{info.path}: {info.num_samples} samples of {info.sample_len} tokens, "
-          f"tokenizer {info.tokenizer}, {len(info.shards)} shards")
+    print(
+        f"{info.path}: {info.num_samples} samples of {info.sample_len} tokens, "
+        f"tokenizer {info.tokenizer}, {len(info.shards)} shards"
+    )
     return 0
 
 

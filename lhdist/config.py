@@ -148,6 +148,8 @@ class DataConfig:
     """Prepared MDS dataset directory (`lhdist data prepare`); empty: the built-in corpus."""
     seed: int = 0
     """Shuffle seed of the data loader."""
+    verify_hashes: bool = True
+    """Hash every shard at start (rank 0 only; other ranks check presence and sizes)."""
 
 
 @dataclass

@@ -7,14 +7,25 @@ import sys
 
 import pytest
 
-QUICK = ["--train.steps=2", "--train.stage1_steps=1", "--train.seq_len=512",
-         "--lighthouse.num_levels=2", "--lighthouse.pooling_factor=2", "--model.num_layers=3",
-         "--train.tensorboard=false"]
+QUICK = [
+    "--train.steps=2",
+    "--train.stage1_steps=1",
+    "--train.seq_len=512",
+    "--lighthouse.num_levels=2",
+    "--lighthouse.pooling_factor=2",
+    "--model.num_layers=3",
+    "--train.tensorboard=false",
+]
 
 
 def lhdist(*args, env=None, timeout=180):
-    return subprocess.run([sys.executable, "-m", "lhdist", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "lhdist", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_lists_commands_and_rejects_unknown():
@@ -36,7 +47,8 @@ def test_cli_train_short_run_writes_config_metrics_checkpoint(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 2/2 | stage 2" in out.stdout and "[stage_switch] step 2" in out.stdout
     assert (run_dir / "config.yaml").read_text() == (
-        run_dir / "checkpoints" / "step_00000002" / "config.yaml").read_text()
+        run_dir / "checkpoints" / "step_00000002" / "config.yaml"
+    ).read_text()
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     events = [json.loads(line).get("event") for line in lines]
     assert events == ["start", None, "stage_switch", None, "checkpoint", "done"]
@@ -51,8 +63,14 @@ def test_cli_train_unknown_key_stops_with_valid_keys(tmp_path):
 
 def test_cli_train_layout_not_dividing_sequence_stops_before_any_rank_starts(tmp_path):
     # WORLD_SIZE as torchrun would set it: the check runs at config load, before any collective.
-    out = lhdist("train", "--parallel.cp_degree=2", "--train.seq_len=2050",
-                 f"--train.run_dir={tmp_path}", env={"WORLD_SIZE": "2", "RANK": "0"}, timeout=60)
+    out = lhdist(
+        "train",
+        "--parallel.cp_degree=2",
+        "--train.seq_len=2050",
+        f"--train.run_dir={tmp_path}",
+        env={"WORLD_SIZE": "2", "RANK": "0"},
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "train.seq_len=2050 must be divisible by 2*cp_degree=4" in out.stderr
 

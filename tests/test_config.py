@@ -22,8 +22,7 @@ def test_config_defaults_are_the_tiny_cpu_yaml():
 
 
 def test_config_precedence_defaults_yaml_cli(tmp_path):
-    path = write_yaml(tmp_path, {"optim": {"lr": 1e-3, "warmup_steps": 7},
-                                 "train": {"steps": 50}})
+    path = write_yaml(tmp_path, {"optim": {"lr": 1e-3, "warmup_steps": 7}, "train": {"steps": 50}})
     cfg = load_config(path, ["--optim.lr=2e-4", "--train.stage1_steps", "3"])
     assert cfg.optim.lr == 2e-4  # CLI beats YAML
     assert cfg.optim.warmup_steps == 7  # YAML beats default
@@ -38,16 +37,21 @@ def test_config_yaml_exponent_without_dot_is_a_float(tmp_path):
 
 
 def test_config_flavor_fills_dims_unless_set():
-    cfg = load_config(overrides=[*BASE, "--model.flavor=8b", "--model.num_layers=2",
-                                 "--train.seq_len=4096"])
+    cfg = load_config(
+        overrides=[*BASE, "--model.flavor=8b", "--model.num_layers=2", "--train.seq_len=4096"]
+    )
     assert (cfg.model.dim, cfg.model.num_heads, cfg.model.num_kv_heads) == (4096, 32, 8)
     assert cfg.model.num_layers == 2 and cfg.lighthouse.full_attn_layers == [0, 1]
 
 
 @pytest.mark.parametrize(
     "source, key",
-    [("cli", "--train.stepz=3"), ("cli", "--optimizer.lr=1"), ("yaml", {"train": {"stepz": 3}}),
-     ("yaml", {"trainer": {"steps": 3}})],
+    [
+        ("cli", "--train.stepz=3"),
+        ("cli", "--optimizer.lr=1"),
+        ("yaml", {"train": {"stepz": 3}}),
+        ("yaml", {"trainer": {"steps": 3}}),
+    ],
     ids=["cli-key", "cli-section", "yaml-key", "yaml-section"],
 )
 def test_config_unknown_key_lists_valid_keys(tmp_path, source, key):
@@ -63,10 +67,12 @@ def test_config_unknown_key_lists_valid_keys(tmp_path, source, key):
 
 @pytest.mark.parametrize(
     "override, expected",
-    [("--train.steps=abc", "train.steps='abc' must be of type int"),
-     ("--train.tensorboard=3", "must be of type bool"),
-     ("--lighthouse.full_attn_layers=[0, x]", "full_attn_layers=[0, 'x'] must be list[int]"),
-     ("--optim.lr=fast", "must be of type float")],
+    [
+        ("--train.steps=abc", "train.steps='abc' must be of type int"),
+        ("--train.tensorboard=3", "must be of type bool"),
+        ("--lighthouse.full_attn_layers=[0, x]", "full_attn_layers=[0, 'x'] must be list[int]"),
+        ("--optim.lr=fast", "must be of type float"),
+    ],
     ids=["int", "bool", "list-item", "float"],
 )
 def test_config_wrong_type_names_key_type_and_valid_keys(override, expected):
@@ -77,24 +83,57 @@ def test_config_wrong_type_names_key_type_and_valid_keys(override, expected):
 
 @pytest.mark.parametrize(
     "overrides, world, expected",
-    [(["--parallel.cp_degree=2", "--train.seq_len=2050", "--lighthouse.enabled=false"], 2,
-      "train.seq_len=2050 must be divisible by 2*cp_degree=4"),
-     (["--parallel.cp_degree=3", "--parallel.layout=contiguous", "--train.seq_len=2048",
-       "--lighthouse.enabled=false"], 3, "train.seq_len=2048 must be divisible by cp_degree=3"),
-     (["--parallel.cp_degree=2"], 2,
-      "topk=128 gives 1 tiles (topk/128), which must be a multiple of the 4 CP chunks"),
-     (["--parallel.cp_degree=2", "--lighthouse.topk=512"], 2,
-      "seq_len=512 gives each of the 1 tiles 32 level-3 windows"),
-     (["--train.seq_len=1000"], 1, "positive multiple of pooling_factor**(num_levels-1)=16"),
-     (["--parallel.cp_degree=2", "--lighthouse.selection=global", "--train.seq_len=2080"], 2,
-      "520 tokens per chunk must be a multiple of pooling_factor**(num_levels-1)=16"),
-     (["--parallel.dp_degree=3"], 2, "3 x parallel.cp_degree=1 = 3 must equal the world size 2"),
-     (["--model.num_kv_heads=3"], 1, "num_heads=4 must be divisible by model.num_kv_heads=3"),
-     (["--lighthouse.topk=100"], 1, "topk=100 must be a positive multiple of 128"),
-     (["--lighthouse.full_attn_layers=[0, 9]"], 1, "outside [0, num_layers=4)"),
-     (["--train.stage1_steps=11"], 1, "stage1_steps=11 must be in [0, steps=10]")],
-    ids=["zigzag-2cp", "contiguous-3cp", "tiles-vs-chunks", "tile-too-short", "levels",
-         "global-chunk-windows", "dp-x-cp", "gqa", "topk", "layer-range", "stages"],
+    [
+        (
+            ["--parallel.cp_degree=2", "--train.seq_len=2050", "--lighthouse.enabled=false"],
+            2,
+            "train.seq_len=2050 must be divisible by 2*cp_degree=4",
+        ),
+        (
+            [
+                "--parallel.cp_degree=3",
+                "--parallel.layout=contiguous",
+                "--train.seq_len=2048",
+                "--lighthouse.enabled=false",
+            ],
+            3,
+            "train.seq_len=2048 must be divisible by cp_degree=3",
+        ),
+        (
+            ["--parallel.cp_degree=2"],
+            2,
+            "topk=128 gives 1 tiles (topk/128), which must be a multiple of the 4 CP chunks",
+        ),
+        (
+            ["--parallel.cp_degree=2", "--lighthouse.topk=512"],
+            2,
+            "seq_len=512 gives each of the 1 tiles 32 level-3 windows",
+        ),
+        (["--train.seq_len=1000"], 1, "positive multiple of pooling_factor**(num_levels-1)=16"),
+        (
+            ["--parallel.cp_degree=2", "--lighthouse.selection=global", "--train.seq_len=2080"],
+            2,
+            "520 tokens per chunk must be a multiple of pooling_factor**(num_levels-1)=16",
+        ),
+        (["--parallel.dp_degree=3"], 2, "3 x parallel.cp_degree=1 = 3 must equal the world size 2"),
+        (["--model.num_kv_heads=3"], 1, "num_heads=4 must be divisible by model.num_kv_heads=3"),
+        (["--lighthouse.topk=100"], 1, "topk=100 must be a positive multiple of 128"),
+        (["--lighthouse.full_attn_layers=[0, 9]"], 1, "outside [0, num_layers=4)"),
+        (["--train.stage1_steps=11"], 1, "stage1_steps=11 must be in [0, steps=10]"),
+    ],
+    ids=[
+        "zigzag-2cp",
+        "contiguous-3cp",
+        "tiles-vs-chunks",
+        "tile-too-short",
+        "levels",
+        "global-chunk-windows",
+        "dp-x-cp",
+        "gqa",
+        "topk",
+        "layer-range",
+        "stages",
+    ],
 )
 def test_config_invalid_layout_rejected_with_numbers(overrides, world, expected):
     with pytest.raises(ValueError) as err:
@@ -103,8 +142,15 @@ def test_config_invalid_layout_rejected_with_numbers(overrides, world, expected)
 
 
 def test_config_cp_layout_that_fits_is_accepted():
-    cfg = load_config(overrides=[*BASE, "--parallel.cp_degree=2", "--lighthouse.topk=512",
-                                 "--train.seq_len=8192"], world_size=4)
+    cfg = load_config(
+        overrides=[
+            *BASE,
+            "--parallel.cp_degree=2",
+            "--lighthouse.topk=512",
+            "--train.seq_len=8192",
+        ],
+        world_size=4,
+    )
     assert (cfg.parallel.dp_degree, cfg.cp_chunks()) == (2, 4)
 
 

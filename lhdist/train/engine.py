@@ -30,9 +30,11 @@ class Engine(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> float:
         """Reduce gradients, clip, update, advance the lr; returns the global grad norm."""
+
     def lr(self) -> float: ...
     def save(self, directory: Path) -> None:
         """Collective: write model, optimizer and scheduler state under `directory`."""
+
     def load(self, directory: Path) -> None:
         """Collective: restore what `save` wrote."""
 
@@ -233,7 +235,9 @@ class DeepSpeedEngine:
 
     def load(self, directory: Path) -> None:
         path, _ = self.engine.load_checkpoint(
-            str(directory), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+            str(directory),
+            tag=DEEPSPEED_TAG,
+            load_optimizer_states=True,
             load_lr_scheduler_states=True,
         )
         if path is None:

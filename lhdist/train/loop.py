@@ -37,13 +37,21 @@ def train(cfg: Config) -> dict[str, Any]:
     # Everything a user can get wrong is checked before the first collective: the config was
     # validated at load time; here the dataset (every shard present, sizes and hashes).
     is_rank0 = (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0
-    dataset = validate_dataset(cfg.data.path or None, seq_len=cfg.train.seq_len,
-                               vocab_size=cfg.model.vocab_size, progress=is_rank0)
+    # Hashing is rank 0's job: N ranks reading a multi-TB dataset N times would stall the start.
+    dataset = validate_dataset(
+        cfg.data.path or None,
+        seq_len=cfg.train.seq_len,
+        vocab_size=cfg.model.vocab_size,
+        progress=is_rank0,
+        verify_hashes=cfg.data.verify_hashes and is_rank0,
+    )
     device = pick_device(cfg)
     owns_process_group = not dist.is_initialized()
     if owns_process_group:
-        init_distributed(backend=None if cfg.parallel.backend == "auto" else cfg.parallel.backend,
-                         timeout_s=cfg.parallel.timeout_s)
+        init_distributed(
+            backend=None if cfg.parallel.backend == "auto" else cfg.parallel.backend,
+            timeout_s=cfg.parallel.timeout_s,
+        )
     # DeepSpeed reads LOCAL_RANK; launchers that are not torchrun may leave it unset.
     os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() % max(1, torch.cuda.device_count())))
     try:
@@ -76,11 +84,16 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
 
     # Data: every CP rank of a group reads the same sample (same dp_rank) and keeps its shard.
     loader = build_dataloader(
-        dataset, seq_len=t.seq_len, micro_batch_size=t.micro_batch_size,
-        dp_rank=dims.dp_rank, dp_degree=dims.dp_degree, seed=cfg.data.seed,
+        dataset,
+        seq_len=t.seq_len,
+        micro_batch_size=t.micro_batch_size,
+        dp_rank=dims.dp_rank,
+        dp_degree=dims.dp_degree,
+        seed=cfg.data.seed,
     )
-    positions = shard_positions(t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout,
-                                device=device)
+    positions = shard_positions(
+        t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout, device=device
+    )
 
     # Resume: engine state, RNG, data position, step; the stage follows from the step.
     start_step, resume_from = 0, resume_path(cfg)
@@ -96,9 +109,17 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
     if resume_from is not None:
         logger.event("resume", start_step, path=str(resume_from), stage=stage_at(start_step, cfg))
     else:
-        logger.event("start", 0, world_size=world, dp=dims.dp_degree, cp=dims.cp_degree,
-                     engine=t.engine, zero_stage=t.zero_stage, device=device.type,
-                     params=sum(p.numel() for p in model.parameters()))
+        logger.event(
+            "start",
+            0,
+            world_size=world,
+            dp=dims.dp_degree,
+            cp=dims.cp_degree,
+            engine=t.engine,
+            zero_stage=t.zero_stage,
+            device=device.type,
+            params=sum(p.numel() for p in model.parameters()),
+        )
     peak = peak_flops_per_device(cfg, device)
     lh_stats = lighthouse_stats(cfg)
     router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
@@ -108,13 +129,19 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
     for step in range(start_step + 1, t.steps + 1):
         stage = stage_at(step, cfg)
         if stage != router.stage:
-            logger.event("stage_switch", step, from_stage=router.stage, to_stage=stage,
-                         note="optimizer state and data position kept")
+            logger.event(
+                "stage_switch",
+                step,
+                from_stage=router.stage,
+                to_stage=stage,
+                note="optimizer state and data position kept",
+            )
             router.set_stage(stage)
         step_start = time.perf_counter()
 
-        micro_batches = [local_shard(next(batches), dims, cfg, device)
-                         for _ in range(t.grad_accum_steps)]
+        micro_batches = [
+            local_shard(next(batches), dims, cfg, device) for _ in range(t.grad_accum_steps)
+        ]
 
         # Loss = sum of local token losses / tokens of the whole global batch (each token counted
         # once: CP shards partition a sequence), so gradients SUM over dp x cp and micro-batches.
@@ -124,8 +151,12 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
         for input_ids, labels in micro_batches:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = engine(input_ids, positions)
-            loss_sum = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                                       ignore_index=IGNORE_INDEX, reduction="sum")
+            loss_sum = F.cross_entropy(
+                logits.float().flatten(0, 1),
+                labels.flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
             engine.backward(loss_sum / global_tokens)
             total_loss += loss_sum.detach()
         lr = engine.lr()  # the lr this step uses; step() advances the schedule
@@ -140,19 +171,37 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
         tokens_seen += tokens
 
         if is_rank0:
-            record = step_record(cfg, step, stage, loss_value, grad_norm, lr, tokens,
-                                 step_time, world, peak, device, lh_stats)
+            record = step_record(
+                cfg,
+                step,
+                stage,
+                loss_value,
+                grad_norm,
+                lr,
+                tokens,
+                step_time,
+                world,
+                peak,
+                device,
+                lh_stats,
+            )
             show = step % t.log_every == 0 or step == t.steps or step == start_step + 1
             logger.step(record, show)
 
         if cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps):
-            path = ckpt.save_checkpoint(cfg, engine, step, stage,
-                                        {"data": loader.state_dict(), "step": step})
+            path = ckpt.save_checkpoint(
+                cfg, engine, step, stage, {"data": loader.state_dict(), "step": step}
+            )
             logger.event("checkpoint", step, path=str(path))
 
     elapsed = time.perf_counter() - run_start
-    summary = {"final_loss": loss_value, "steps": t.steps, "start_step": start_step,
-               "run_time_s": elapsed, "tokens_per_s": tokens_seen / max(elapsed, 1e-9)}
+    summary = {
+        "final_loss": loss_value,
+        "steps": t.steps,
+        "start_step": start_step,
+        "run_time_s": elapsed,
+        "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+    }
     logger.event("done", t.steps, **summary)
     logger.close()
     return summary
@@ -209,14 +258,21 @@ def lighthouse_stats(cfg: Config) -> dict[str, Any] | None:
     }
 
 
-def step_record(cfg, step, stage, loss, grad_norm, lr, tokens, step_time, world, peak, device,
-                lh_stats) -> dict[str, Any]:
+def step_record(
+    cfg, step, stage, loss, grad_norm, lr, tokens, step_time, world, peak, device, lh_stats
+) -> dict[str, Any]:
     tokens_per_s = tokens / step_time
     selected = lh_stats["lh_selected_len"] if lh_stats else None
     dense_fpt, executed_fpt = flops_per_token(cfg, stage, selected)
     record = {
-        "step": step, "stage": stage, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-        "tokens": tokens, "step_time_s": step_time, "tokens_per_s": tokens_per_s,
+        "step": step,
+        "stage": stage,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": tokens,
+        "step_time_s": step_time,
+        "tokens_per_s": tokens_per_s,
         "tokens_per_s_per_device": tokens_per_s / world,
         "mfu_dense": tokens_per_s * dense_fpt / (peak * world) if peak else None,
         "mfu_executed": tokens_per_s * executed_fpt / (peak * world) if peak else None,

@@ -32,8 +32,10 @@ def format_line(record: dict[str, Any], total_steps: int) -> str:
         f"{record['tokens_per_s_per_device']:,.0f} tok/s/dev",
     ]
     if record.get("mfu_dense") is not None:
-        parts.append(f"mfu {100 * record['mfu_dense']:.1f}% dense-eq, "
-                     f"{100 * record['mfu_executed']:.1f}% executed")
+        parts.append(
+            f"mfu {100 * record['mfu_dense']:.1f}% dense-eq, "
+            f"{100 * record['mfu_executed']:.1f}% executed"
+        )
     parts.append(f"mem {record['memory_gib']:.2f} GiB")
     return " | ".join(parts)
 
@@ -42,8 +44,13 @@ class MetricsLogger:
     """Writes on rank 0 only; other ranks get a logger that does nothing."""
 
     def __init__(
-        self, run_dir: Path, enabled: bool, total_steps: int, start_step: int,
-        tensorboard: bool, stream: TextIO | None = None,
+        self,
+        run_dir: Path,
+        enabled: bool,
+        total_steps: int,
+        start_step: int,
+        tensorboard: bool,
+        stream: TextIO | None = None,
     ) -> None:
         self.enabled, self.total_steps = enabled, total_steps
         self.stream = stream or sys.stdout
@@ -55,8 +62,13 @@ class MetricsLogger:
         if self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream,
-                            dynamic_ncols=True, unit="step")
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                file=self.stream,
+                dynamic_ncols=True,
+                unit="step",
+            )
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -94,8 +106,11 @@ class MetricsLogger:
                     self.tb.add_scalar(f"train/{key}", value, record["step"])
         if self.bar is not None:
             self.bar.update(record["step"] - self.bar.n)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", stage=record["stage"],
-                                 tok_s=f"{record['tokens_per_s']:,.0f}")
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4f}",
+                stage=record["stage"],
+                tok_s=f"{record['tokens_per_s']:,.0f}",
+            )
             if show:
                 self.bar.write(format_line(record, self.total_steps))
         elif show:

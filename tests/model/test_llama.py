@@ -140,13 +140,18 @@ def test_model_calls_injected_attention_per_layer_with_bnhd_shapes():
 @pytest.mark.parametrize("flavor", list(MODEL_FLAVORS))
 def test_model_flavor_builds_on_meta(flavor):
     cfg = load_config(
-        overrides=[f"--model.flavor={flavor}", "--train.steps=2", "--train.stage1_steps=1",
-                   "--train.seq_len=16384"]
+        overrides=[
+            f"--model.flavor={flavor}",
+            "--train.steps=2",
+            "--train.stage1_steps=1",
+            "--train.seq_len=16384",
+        ]
     )
     model = build_model(cfg.model, device="meta")
     non_embedding = sum(
-        p.numel() for n, p in model.named_parameters() if "tok_embeddings" not in n
-        and "output" not in n
+        p.numel()
+        for n, p in model.named_parameters()
+        if "tok_embeddings" not in n and "output" not in n
     )
     expected = {"tiny": 0.78e6, "270m": 264e6, "530m": 516e6, "1b": 973e6, "8b": 6.98e9}[flavor]
     assert abs(non_embedding - expected) / expected < 0.02, non_embedding

@@ -29,9 +29,14 @@ class FakeEngine:
 
 
 def config(tmp_path, keep_last=2):
-    return load_config(overrides=["--train.steps=10", "--train.stage1_steps=5",
-                                  f"--train.run_dir={tmp_path}",
-                                  f"--checkpoint.keep_last={keep_last}"])
+    return load_config(
+        overrides=[
+            "--train.steps=10",
+            "--train.stage1_steps=5",
+            f"--train.run_dir={tmp_path}",
+            f"--checkpoint.keep_last={keep_last}",
+        ]
+    )
 
 
 def test_checkpoint_keeps_last_k_and_finds_latest(tmp_path, one_rank_group):

@@ -8,8 +8,13 @@ from lhdist.model import build_model, causal_attention
 from lhdist.ops import LighthouseSpec, lighthouse_attention
 from lhdist.parallel.parallelize import parallelize_model
 
-OVERRIDES = ["--train.steps=4", "--train.stage1_steps=2", "--train.seq_len=512",
-             "--lighthouse.num_levels=2", "--lighthouse.pooling_factor=2"]
+OVERRIDES = [
+    "--train.steps=4",
+    "--train.stage1_steps=2",
+    "--train.seq_len=512",
+    "--lighthouse.num_levels=2",
+    "--lighthouse.pooling_factor=2",
+]
 
 
 def test_router_lighthouse_in_sparse_layers_until_stage_2():

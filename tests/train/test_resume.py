@@ -23,10 +23,23 @@ def launch(world: int, args: list[str]) -> list[subprocess.Popen]:
         port = s.getsockname()[1]
     procs = []
     for rank in range(world):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "lhdist.train", *args], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world),
+            LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "lhdist.train", *args],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
     return procs
 
 
@@ -41,20 +54,28 @@ def checkpoint_logged(run_dir: Path, step: int) -> bool:
     if not path.exists():
         return False
     lines = path.read_text().splitlines()
-    return any(json.loads(line).get("event") == "checkpoint" and json.loads(line)["step"] == step
-               for line in lines if line.endswith("}"))
+    return any(
+        json.loads(line).get("event") == "checkpoint" and json.loads(line)["step"] == step
+        for line in lines
+        if line.endswith("}")
+    )
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     path = run_dir / "checkpoints" / f"step_{2 * N:08d}" / "deepspeed"
-    state = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu",
-                       weights_only=False)
+    state = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     return state["module"]
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    args = [*FAST, f"--train.steps={2 * N}", "--train.stage1_steps=5", "--checkpoint.enabled=true",
-            f"--checkpoint.every={N}", "--train.zero_stage=1"]
+    args = [
+        *FAST,
+        f"--train.steps={2 * N}",
+        "--train.stage1_steps=5",
+        "--checkpoint.enabled=true",
+        f"--checkpoint.every={N}",
+        "--train.zero_stage=1",
+    ]
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     wait(launch(2, [*args, f"--train.run_dir={reference}"]))
 

@@ -10,8 +10,14 @@ from lhdist.train.schedule import lr_factor, stage_at
 
 
 def cfg_with(*overrides):
-    return load_config(overrides=["--train.steps=100", "--train.stage1_steps=60",
-                                  "--optim.warmup_steps=10", *overrides])
+    return load_config(
+        overrides=[
+            "--train.steps=100",
+            "--train.stage1_steps=60",
+            "--optim.warmup_steps=10",
+            *overrides,
+        ]
+    )
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "linear"])

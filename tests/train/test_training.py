@@ -9,10 +9,15 @@ from tests.multiprocess import run_ranks
 
 # A small, fast run: 3 layers of dim 128 at 512 tokens, Lighthouse L=2, p=2 in layer 1.
 FAST = [
-    "--model.num_layers=3", "--train.seq_len=512", "--train.micro_batch_size=1",
+    "--model.num_layers=3",
+    "--train.seq_len=512",
+    "--train.micro_batch_size=1",
     "--lighthouse.num_levels=2",
-    "--lighthouse.pooling_factor=2", "--optim.warmup_steps=3", "--train.log_every=1",
-    "--train.tensorboard=false", "--checkpoint.enabled=false",
+    "--lighthouse.pooling_factor=2",
+    "--optim.warmup_steps=3",
+    "--train.log_every=1",
+    "--train.tensorboard=false",
+    "--checkpoint.enabled=false",
 ]
 
 
@@ -41,14 +46,23 @@ def read_events(run_dir: Path, name: str) -> list[dict]:
 
 def run(tmp_path, name, world, extra, timeout_s=240):
     run_dir = tmp_path / name
-    run_ranks(_train_worker, world, tmp_path, [*FAST, *extra, f"--train.run_dir={run_dir}"],
-              timeout_s=timeout_s)
+    run_ranks(
+        _train_worker,
+        world,
+        tmp_path,
+        [*FAST, *extra, f"--train.run_dir={run_dir}"],
+        timeout_s=timeout_s,
+    )
     return run_dir
 
 
 def test_train_dp2_deepspeed_zero1_loss_falls_and_stage_switch_logged(tmp_path):
-    run_dir = run(tmp_path, "dp2", 2, ["--train.steps=24", "--train.stage1_steps=16",
-                                       "--optim.lr=3e-3", "--train.zero_stage=1"])
+    run_dir = run(
+        tmp_path,
+        "dp2",
+        2,
+        ["--train.steps=24", "--train.stage1_steps=16", "--optim.lr=3e-3", "--train.zero_stage=1"],
+    )
     steps = read_steps(run_dir)
     assert sorted(steps) == list(range(1, 25))
     assert [steps[s]["stage"] for s in (1, 16, 17, 24)] == [1, 1, 2, 2]
@@ -79,9 +93,15 @@ def test_train_engines_and_zero_stages_agree_on_dp2(tmp_path):
 )
 def test_train_cp2_equals_one_rank(tmp_path, layout, selection, seq_len, topk):
     """cp=2 sees the same sequence as one rank: the same losses up to float rounding."""
-    common = ["--train.steps=3", "--train.stage1_steps=2", f"--lighthouse.topk={topk}",
-              f"--lighthouse.selection={selection}", f"--train.seq_len={seq_len}",
-              f"--parallel.layout={layout}", "--train.engine=torch"]
+    common = [
+        "--train.steps=3",
+        "--train.stage1_steps=2",
+        f"--lighthouse.topk={topk}",
+        f"--lighthouse.selection={selection}",
+        f"--train.seq_len={seq_len}",
+        f"--parallel.layout={layout}",
+        "--train.engine=torch",
+    ]
     single = read_steps(run(tmp_path, "cp1", 1, common))
     cp2 = read_steps(run(tmp_path, "cp2", 2, [*common, "--parallel.cp_degree=2"]))
     for step in (1, 2, 3):
