@@ -7,6 +7,7 @@ of one global mean (local token losses / global token count), so the shares add 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -179,9 +180,12 @@ class DeepSpeedEngine:
     """DeepSpeed ZeRO 0-3 with a torch AdamW (no JIT-built fused Adam)."""
 
     def __init__(self, model, optimizer, scheduler, cfg: Config, dims: Any) -> None:
+        device = next(model.parameters()).device
+        if device.type == "cpu":
+            # Name the accelerator instead of letting DeepSpeed warn that it found no GPU.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
 
-        device = next(model.parameters()).device
         if device.type == "cpu":
             skip_cpu_shm_build()
         t = cfg.train
