@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from lhdist.ops.gather import gather_pooled
+from lhdist.ops.pyramid import coarse_pyramid, group_max
 from lhdist.ops.scatter import scatter_entries
-from lhdist.ops.selection import lighthouse_select
+from lhdist.ops.selection import select_from_scores
 from lhdist.ops.spec import LighthouseSpec, check_qkv
 
 
@@ -52,13 +53,19 @@ def lighthouse_attention(
     check_qkv(q, k, v, spec)
     B, N, H, _ = q.shape
     G = k.shape[2]
-    if indices is None:
-        indices = lighthouse_select(q, k, spec)
-    else:
-        check_indices(indices, q, k, spec)
-    q_BHSD = gather_pooled(q, indices, spec)
-    k_BGSD = gather_pooled(k, indices, spec)
-    v_BGSD = gather_pooled(v, indices, spec)
+    select = indices is None
+    with torch.no_grad():
+        # One read of q and k gives both their first coarse level and their selection scores.
+        q_coarse, q_norms = coarse_pyramid(q.detach(), spec, with_norms=select)
+        k_coarse, k_norms = coarse_pyramid(k.detach(), spec, with_norms=select)
+        v_coarse, _ = coarse_pyramid(v.detach(), spec)
+        if select:
+            indices = select_from_scores(group_max(q_norms, G), k_norms.transpose(1, 2), spec)
+        else:
+            check_indices(indices, q, k, spec)
+    q_BHSD = gather_pooled(q, indices, spec, q_coarse)
+    k_BGSD = gather_pooled(k, indices, spec, k_coarse)
+    v_BGSD = gather_pooled(v, indices, spec, v_coarse)
     o_BHSD = F.scaled_dot_product_attention(
         q_BHSD, k_BGSD, v_BGSD, is_causal=True, enable_gqa=H != G
     )

@@ -11,38 +11,36 @@ from __future__ import annotations
 
 import torch
 
+from lhdist.ops.kernels.rows import spread, window_reduce
 from lhdist.ops.spec import LighthouseSpec
 
 
-def coarse_pyramid(x_BNHD: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
-    """Levels 2..L of mean-pooled windows, concatenated: [B, Pc, heads, D] (no autograd)."""
-    B, N, heads, D = x_BNHD.shape
+def coarse_pyramid(
+    x_BNHD: torch.Tensor, spec: LighthouseSpec, with_norms: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Levels 2..L of mean-pooled windows, concatenated: [B, Pc, heads, D] (no autograd), and,
+    if asked, the fp32 norms [B, N, heads] of x's vectors, from the same read of x."""
     p = spec.pooling_factor
-    lengths = spec.level_lengths(N)[1:]
-    out = x_BNHD.new_empty(B, sum(lengths), heads, D)
-    prev, start = x_BNHD, 0
-    for n in lengths:
+    levels, prev, norms = [], x_BNHD, None
+    for i, n in enumerate(spec.level_lengths(x_BNHD.shape[1])[1:]):
         # Each level pools the previous one by p, which equals the mean over its c_l tokens.
-        out[:, start : start + n] = prev.reshape(B, n, p, heads, D).mean(2)
-        prev, start = out[:, start : start + n], start + n
-    return out
+        prev, level_norms = window_reduce(prev, n, p, 0, 1.0 / p, with_norms and i == 0)
+        norms = level_norms if i == 0 and with_norms else norms
+        levels.append(prev)
+    return torch.cat(levels, dim=1), norms
 
 
-def unpool_coarse_(grad_BNHD: torch.Tensor, grad_coarse: torch.Tensor, spec: LighthouseSpec):
-    """Adjoint of `coarse_pyramid`, in place: fold the coarse-level gradients down into
-    `grad_BNHD` (every window's gradient spread evenly over its p children)."""
-    B, N, heads, D = grad_BNHD.shape
+def unpool_coarse(grad_coarse: torch.Tensor, seq_len: int, spec: LighthouseSpec):
+    """Adjoint of `coarse_pyramid` (coarse part): the token-level gradient [B, N, heads, D] of
+    coarse-level gradients, every window's spread evenly over its tokens."""
     p = spec.pooling_factor
-    lengths = spec.level_lengths(N)[1:]
+    lengths = spec.level_lengths(seq_len)[1:]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
-    for i in range(len(lengths) - 1, 0, -1):
-        finer = grad_coarse[:, starts[i - 1] : starts[i - 1] + lengths[i - 1]]
-        coarse = grad_coarse[:, starts[i] : starts[i] + lengths[i]]
-        finer.view(B, lengths[i], p, heads, D).add_(coarse.unsqueeze(2), alpha=1.0 / p)
-    grad_BNHD.view(B, lengths[0], p, heads, D).add_(
-        grad_coarse[:, : lengths[0]].unsqueeze(2), alpha=1.0 / p
-    )
-    return grad_BNHD
+    acc = grad_coarse[:, starts[-1] :]
+    for i in range(len(lengths) - 2, -1, -1):
+        finer = grad_coarse[:, starts[i] : starts[i] + lengths[i]]
+        acc = spread(finer, acc, lengths[i], p, 0, 0, 1.0 / p)
+    return spread(None, acc, seq_len, p, 0, 0, 1.0 / p)
 
 
 def pool_pyramid(x_BNHD: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
@@ -65,11 +63,15 @@ def _norms_fp32(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32)
 
 
+def group_max(norms_BNH: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """Per kv group, the max over its query heads: [B, N, H] -> [B, G, N]."""
+    B, N, H = norms_BNH.shape
+    return norms_BNH.view(B, N, num_kv_heads, H // num_kv_heads).amax(-1).transpose(1, 2)
+
+
 def group_query_scores(q_BNHD: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     """Level-1 score_q per kv group: max over the group's query heads of ||q||_2, fp32 [B, G, N]."""
-    B, N, H, _ = q_BNHD.shape
-    norms_BNH = _norms_fp32(q_BNHD)
-    return norms_BNH.view(B, N, num_kv_heads, H // num_kv_heads).amax(-1).transpose(1, 2)
+    return group_max(_norms_fp32(q_BNHD), num_kv_heads)
 
 
 def key_scores(k_BNGD: torch.Tensor) -> torch.Tensor:

@@ -18,47 +18,31 @@ from __future__ import annotations
 
 import torch
 
-from lhdist.ops.gather import entry_rows, put_entries, take_entries
+from lhdist.ops.gather import entry_rows
+from lhdist.ops.kernels.rows import put_rows_, spread, take_rows, window_reduce
 from lhdist.ops.spec import LighthouseSpec
 
 
-def _blocks(x: torch.Tensor, p: int) -> torch.Tensor:
-    """The full blocks of x [B, n, H, D] (all but the clipped last one) as [B, n/p - 1, p, H, D]."""
-    B, n, H, D = x.shape
-    return x[:, p - 1 : n - 1].reshape(B, n // p - 1, p, H, D)
-
-
-def _spread(fine_BNHD: torch.Tensor, coarse: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
-    """out[j] = sum over levels of the window output whose block holds position j (no autograd).
-
-    fine: level-1 window outputs [B, N, H, D]; coarse: levels 2..L [B, Pc, H, D] (both read only).
-    """
-    B, N, H, D = fine_BNHD.shape
+def _accumulate_blocks(coarse: torch.Tensor, seq_len: int, spec: LighthouseSpec) -> torch.Tensor:
+    """Per level-2 block, the sum of the window outputs of levels 2..L covering it (coarse to
+    fine: A_l[i] = W_l[i] + A_{l+1}[(i + 1) // p - 1])."""
     p = spec.pooling_factor
-    lengths = spec.level_lengths(N)[1:]
+    lengths = spec.level_lengths(seq_len)[1:]
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
     acc = coarse[:, starts[-1] :]
-    for i in range(len(lengths) - 2, -1, -1):  # accumulate levels L..2 at block granularity
-        finer = coarse[:, starts[i] : starts[i] + lengths[i]].clone()
-        _blocks(finer, p).add_(acc[:, :-1].unsqueeze(2))
-        finer[:, -1] += acc[:, -1]
-        acc = finer
-    out = torch.empty_like(fine_BNHD)
-    out[:, : p - 1] = fine_BNHD[:, : p - 1]
-    torch.add(_blocks(fine_BNHD, p), acc[:, :-1].unsqueeze(2), out=_blocks(out, p))
-    out[:, -1] = fine_BNHD[:, -1] + acc[:, -1]
-    return out
+    for i in range(len(lengths) - 2, -1, -1):
+        acc = spread(coarse[:, starts[i] : starts[i] + lengths[i]], acc, lengths[i], p, 1, 1, 1.0)
+    return acc
 
 
 def _block_sums(grad_BNHD: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
-    """Adjoint of `_spread` for the coarse levels: every level-l block's gradient sum, levels
+    """Adjoint of the spread for the coarse levels: every level-l block's gradient sum, levels
     2..L concatenated [B, Pc, H, D] (level 1's adjoint is the gradient itself)."""
     p = spec.pooling_factor
     sums, finer = [], grad_BNHD
-    for _ in range(spec.num_levels - 1):
-        level = torch.cat([_blocks(finer, p).sum(2), finer[:, -1:]], dim=1)
-        sums.append(level)
-        finer = level
+    for n in spec.level_lengths(grad_BNHD.shape[1])[1:]:
+        finer, _ = window_reduce(finer, n, p, p - 1, 1.0, False)
+        sums.append(finer)
     return torch.cat(sums, dim=1)
 
 
@@ -67,15 +51,20 @@ class _ScatterEntries(torch.autograd.Function):
     def forward(ctx, o_BHSD, idx_BGS, spec, seq_len):
         ctx.save_for_backward(idx_BGS)
         ctx.spec = spec
-        coarse_len = sum(spec.level_lengths(seq_len)[1:])
-        fine, coarse = put_entries(o_BHSD, idx_BGS, seq_len, coarse_len)
-        return _spread(fine, coarse, spec)
+        B, H, _, D = o_BHSD.shape
+        p = spec.pooling_factor
+        coarse = o_BHSD.new_zeros(B, sum(spec.level_lengths(seq_len)[1:]), H, D)
+        none = o_BHSD.new_empty(0)
+        put_rows_(o_BHSD, idx_BGS, none, coarse, seq_len, False, False, True)
+        out = spread(None, _accumulate_blocks(coarse, seq_len, spec), seq_len, p, 1, 1, 1.0)
+        put_rows_(o_BHSD, idx_BGS, out, none, seq_len, True, True, False)
+        return out
 
     @staticmethod
     def backward(ctx, grad_BNHD):
         (idx_BGS,) = ctx.saved_tensors
         grad_BNHD = grad_BNHD.contiguous()
-        return take_entries(grad_BNHD, _block_sums(grad_BNHD, ctx.spec), idx_BGS), None, None, None
+        return take_rows(grad_BNHD, _block_sums(grad_BNHD, ctx.spec), idx_BGS), None, None, None
 
 
 def scatter_entries(
@@ -108,7 +97,8 @@ class _SpreadWindows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, win_BPHD, spec, seq_len):
         ctx.spec = spec
-        return _spread(win_BPHD[:, :seq_len], win_BPHD[:, seq_len:], spec)
+        acc = _accumulate_blocks(win_BPHD[:, seq_len:], seq_len, spec)
+        return spread(win_BPHD[:, :seq_len], acc, seq_len, spec.pooling_factor, 1, 1, 1.0)
 
     @staticmethod
     def backward(ctx, grad_BNHD):

@@ -1,0 +1,1 @@
+"""GPU kernels (Triton) behind the single-device op's row movers; torch fallbacks elsewhere."""

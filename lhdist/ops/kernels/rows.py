@@ -1,0 +1,202 @@
+"""Row movers of the op as `torch.library` custom ops: Triton on CUDA, plain torch elsewhere.
+
+Registered with fake implementations, so `torch.compile` traces a model through them without
+graph breaks. Set LHDIST_TRITON=interpret (with TRITON_INTERPRET=1) to run the Triton kernels on
+CPU tensors in tests; LHDIST_TRITON=off forces the torch path on CUDA.
+
+Legend: B batch, N token rows, Pc coarse rows, S selected length, H heads of the tensor, G kv
+heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+
+    from lhdist.ops.kernels import triton_rows as _tk
+except ImportError:  # CPU-only installs
+    triton = None
+
+
+def _triton_on(t: Tensor) -> bool:
+    mode = os.environ.get("LHDIST_TRITON", "auto")
+    if triton is None or mode == "off":
+        return False
+    return t.is_cuda or mode == "interpret"
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    """fp32 for low-precision inputs, the input's own dtype for fp32/fp64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _block_w(W: int, D: int) -> int:
+    block = D
+    while block * 2 <= min(W, 1024) and W % (block * 2) == 0:
+        block *= 2
+    return block
+
+
+# --- window_reduce --------------------------------------------------------------------------
+
+
+@torch.library.custom_op("lhdist::window_reduce", mutates_args=())
+def window_reduce(
+    x: Tensor, n_out: int, p: int, shift: int, scale: float, with_norms: bool
+) -> tuple[Tensor, Tensor]:
+    """out [B, n_out, H, D] = scale * sum of rows [i*p + shift, i*p + shift + p) of x (clipped);
+    and fp32 norms [B, N, H] of x's D-vectors when `with_norms` (else an empty tensor)."""
+    B, N, H, D = x.shape
+    x = x.contiguous()
+    out = x.new_empty(B, n_out, H, D)
+    norms = x.new_empty((B, N, H) if with_norms else (0,), dtype=torch.float32)
+    if _triton_on(x):
+        W = H * D
+        block = _block_w(W, D)
+        _tk.window_reduce_kernel[(B * n_out, W // block)](
+            x, out, norms, N, n_out, shift, scale,
+            W=W, D=D, P=p, BLOCK_W=block, WITH_NORMS=with_norms,
+        )  # fmt: skip
+        if with_norms and n_out * p + shift < N:  # rows no window reads (never, as used here)
+            norms[:, n_out * p + shift :] = torch.linalg.vector_norm(
+                x[:, n_out * p + shift :], dim=-1, dtype=torch.float32
+            )
+        return out, norms
+    pad = max(0, n_out * p + shift - N)
+    padded = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x
+    windows = padded[:, shift : shift + n_out * p].reshape(B, n_out, p, H, D)
+    out.copy_(windows.sum(2, dtype=_acc_dtype(x)).mul_(scale))
+    if with_norms:
+        dtype = None if x.dtype == torch.float64 else torch.float32
+        norms.copy_(torch.linalg.vector_norm(x, dim=-1, dtype=dtype))
+    return out, norms
+
+
+@window_reduce.register_fake
+def _(x, n_out, p, shift, scale, with_norms):
+    B, N, H, D = x.shape
+    norms = x.new_empty((B, N, H) if with_norms else (0,), dtype=torch.float32)
+    return x.new_empty(B, n_out, H, D), norms
+
+
+# --- spread ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("lhdist::spread", mutates_args=())
+def spread(
+    a: Tensor | None, c: Tensor, n_out: int, p: int, shift: int, offset: int, alpha: float
+) -> Tensor:
+    """out [B, n_out, H, D]: out[j] = a[j] + alpha * c[(j + shift) // p - offset] where that row
+    of c exists (a: optional, [B, n_out, H, D])."""
+    B, n_c, H, D = c.shape
+    c = c.contiguous()
+    out = c.new_empty(B, n_out, H, D)
+    if _triton_on(c):
+        W, rows = H * D, 8
+        block = _block_w(W, D)
+        a_arg = a.contiguous() if a is not None else c
+        _tk.spread_kernel[(B * triton.cdiv(n_out, rows), W // block)](
+            a_arg, c, out, n_out, n_c, shift, offset, alpha,
+            W=W, P=p, ROWS=rows, BLOCK_W=block, HAS_A=a is not None,
+        )  # fmt: skip
+        return out
+    src = (torch.arange(n_out, device=c.device) + shift) // p - offset
+    valid = ((src >= 0) & (src < n_c)).view(1, n_out, 1, 1)
+    picked = c[:, src.clamp(0, n_c - 1)] * valid
+    acc = _acc_dtype(c)
+    out.copy_(picked.to(acc).mul_(alpha) + (a.to(acc) if a is not None else 0.0))
+    return out
+
+
+@spread.register_fake
+def _(a, c, n_out, p, shift, offset, alpha):
+    B, _, H, D = c.shape
+    return c.new_empty(B, n_out, H, D)
+
+
+# --- take_rows / put_rows -------------------------------------------------------------------
+
+
+def _split_rows(idx_BGS: Tensor, N: int, Pc: int, H: int):
+    B, G, S = idx_BGS.shape
+    dev = idx_BGS.device
+    heads = torch.arange(H, device=dev).view(1, H, 1)
+    base = torch.arange(B, device=dev).view(B, 1, 1)
+    idx_BHS = idx_BGS.repeat_interleave(H // G, dim=1)
+    fine = ((base * N + idx_BHS.clamp(max=N - 1)) * H + heads).view(-1)
+    coarse = ((base * Pc + (idx_BHS - N).clamp(min=0, max=max(Pc - 1, 0))) * H + heads).view(-1)
+    return fine, coarse, (idx_BHS < N).view(-1)
+
+
+@torch.library.custom_op("lhdist::take_rows", mutates_args=())
+def take_rows(fine: Tensor, coarse: Tensor, idx: Tensor) -> Tensor:
+    """Gathered rows [B, H, S, D]: fine[b, idx, h] where idx < N, else coarse[b, idx - N, h]
+    (head h reads the indices of its kv group)."""
+    B, N, H, D = fine.shape
+    G, S, Pc = idx.shape[1], idx.shape[2], coarse.shape[1]
+    fine, coarse = fine.contiguous(), coarse.contiguous()
+    if _triton_on(fine):
+        out = fine.new_empty(B, H, S, D)
+        rows = 32
+        _tk.take_rows_kernel[(B * H, triton.cdiv(S, rows))](
+            fine, coarse, idx.contiguous(), out, N, Pc, S, H=H, G=G, D=D, ROWS=rows
+        )
+        return out
+    f_rows, c_rows, is_fine = _split_rows(idx, N, Pc, H)
+    a = fine.reshape(-1, D).index_select(0, f_rows)
+    b = coarse.reshape(-1, D).index_select(0, c_rows)
+    return torch.where(is_fine[:, None], a, b).view(B, H, S, D)
+
+
+@take_rows.register_fake
+def _(fine, coarse, idx):
+    B, _, H, D = fine.shape
+    return fine.new_empty(B, H, idx.shape[2], D)
+
+
+@torch.library.custom_op("lhdist::put_rows_", mutates_args=("fine", "coarse"))
+def put_rows_(
+    rows: Tensor,
+    idx: Tensor,
+    fine: Tensor,
+    coarse: Tensor,
+    seq_len: int,
+    accumulate: bool,
+    into_fine: bool,
+    into_coarse: bool,
+) -> None:
+    """Adjoint of take_rows, in place: write each row of `rows` [B, H, S, D] at its entry, into
+    `fine` [B, N, H, D] (added when `accumulate`) and/or `coarse` [B, Pc, H, D]; a buffer not
+    written may be an empty placeholder. Rows are unique per head: no atomics."""
+    B, H, S, D = rows.shape
+    G, N = idx.shape[1], seq_len
+    Pc = coarse.shape[1] if into_coarse else 0
+    if _triton_on(rows):
+        r = 32
+        _tk.put_rows_kernel[(B * H, triton.cdiv(S, r))](
+            rows.contiguous(), idx.contiguous(), fine, coarse, N, Pc, S,
+            H=H, G=G, D=D, ROWS=r, ACCUMULATE=accumulate, FINE=into_fine, COARSE=into_coarse,
+        )  # fmt: skip
+        return
+    f_rows, c_rows, is_fine = _split_rows(idx, N, max(Pc, 1), H)
+    values = rows.reshape(-1, D)
+    if into_fine:
+        sel = is_fine.nonzero().squeeze(1)
+        flat = fine.view(-1, D)
+        if accumulate:
+            flat.index_add_(0, f_rows[sel], values[sel].to(fine.dtype))
+        else:
+            flat.index_copy_(0, f_rows[sel], values[sel].to(fine.dtype))
+    if into_coarse:
+        sel = (~is_fine).nonzero().squeeze(1)
+        coarse.view(-1, D).index_copy_(0, c_rows[sel], values[sel].to(coarse.dtype))
+
+
+@put_rows_.register_fake
+def _(rows, idx, fine, coarse, seq_len, accumulate, into_fine, into_coarse):
+    return None

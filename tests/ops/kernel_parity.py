@@ -1,0 +1,79 @@
+"""Run under TRITON_INTERPRET=1: every Triton row kernel equals the torch path on CPU tensors.
+
+Invoked by tests/ops/test_kernels.py in a subprocess (the interpreter must be chosen before
+triton is imported); exits non-zero with a message on the first mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from lhdist.ops import LighthouseSpec, lighthouse_attention, lighthouse_select
+from lhdist.ops.kernels import rows
+
+
+def both(fn):
+    """(triton result, torch result) of fn()."""
+    os.environ["LHDIST_TRITON"] = "interpret"
+    a = fn()
+    os.environ["LHDIST_TRITON"] = "off"
+    b = fn()
+    return a, b
+
+
+def check(name, a, b, atol=1e-5):
+    a = a if isinstance(a, (tuple, list)) else (a,)
+    b = b if isinstance(b, (tuple, list)) else (b,)
+    for x, y in zip(a, b, strict=True):
+        if x.numel() and not torch.allclose(x.float(), y.float(), atol=atol, rtol=1e-5):
+            sys.exit(f"{name}: max diff {(x.float() - y.float()).abs().max().item():.3g}")
+    print(f"ok {name}")
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    B, N, H, G, D, p = 2, 256, 4, 2, 16, 4
+    x = torch.randn(B, N, H, D)
+    for shift, scale, norms in [(0, 0.25, True), (p - 1, 1.0, False)]:
+
+        def reduce(s=shift, c=scale, n=norms):
+            return rows.window_reduce(x, N // p, p, s, c, n)
+
+        check(f"window_reduce shift={shift}", *both(reduce))
+    c = torch.randn(B, N // p, H, D)
+    for shift, offset, with_a in [(0, 0, True), (1, 1, False), (1, 1, True)]:
+        a = x if with_a else None
+        check(f"spread shift={shift} a={with_a}", *both(
+            lambda s=shift, o=offset, a=a: rows.spread(a, c, N, p, s, o, 0.5)))  # fmt: skip
+    spec, M = LighthouseSpec(3, p, 128, "global"), 2048
+    B, H, G = 1, 2, 1  # the interpreter runs every program in Python: keep the op small
+    q, k = torch.randn(B, M, H, D), torch.randn(B, M, G, D)
+    idx = lighthouse_select(q, k, spec)
+    coarse = torch.randn(B, sum(spec.level_lengths(M)[1:]), H, D)
+    check("take_rows", *both(lambda: rows.take_rows(q, coarse, idx)))
+    vals = torch.randn(B, H, idx.shape[-1], D)
+
+    def put(accumulate, into_fine, into_coarse):
+        fine, crs = q.clone(), torch.zeros_like(coarse)
+        rows.put_rows_(vals, idx, fine, crs, M, accumulate, into_fine, into_coarse)
+        return fine, crs
+
+    for flags in [(False, True, True), (True, True, False), (False, False, True)]:
+        check(f"put_rows_ {flags}", *both(lambda f=flags: put(*f)))
+
+    v = torch.randn(B, M, G, D)
+
+    def op():
+        xs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = lighthouse_attention(*xs, spec)
+        out.backward(torch.ones_like(out))
+        return [out.detach()] + [t.grad for t in xs]
+
+    check("lighthouse_attention fwd+bwd", *both(op), atol=1e-4)
+
+
+if __name__ == "__main__":
+    main()
