@@ -1,0 +1,461 @@
+"""`lhdist check`: dry-run a layout (rules, per-rank memory, per-step traffic) by arithmetic."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lhdist.config import (
+    Config,
+    apply_mapping,
+    describe_keys,
+    parse_overrides,
+    resolve,
+    validate,
+)
+from lhdist.ops.spec import LighthouseSpec
+
+GIB = 2**30
+FP32 = 4
+INDEX = 8  # int64 selection indices
+# DeepSpeed's default gradient reduce bucket (elements) for ZeRO-2 (allocated up to the model size).
+ZERO2_BUCKET = 500_000_000
+# DeepSpeed's default ZeRO-3 parameter prefetch bucket (elements).
+ZERO3_PREFETCH = 50_000_000
+
+
+def compute_bytes(cfg: Config, device_type: str) -> int:
+    """Bytes of an activation element: 2 under bf16 autocast (GPU by default), else 4.
+
+    Mirrors the loop: parameters stay fp32 in both cases; autocast casts matmul inputs."""
+    bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device_type == "cuda")
+    return 2 if bf16 else 4
+
+
+def device_type_of(cfg: Config, default: str) -> str:
+    """cpu or cuda: the config's device, or `default` when it says auto."""
+    return cfg.train.device if cfg.train.device != "auto" else default
+
+
+def param_count(cfg: Config) -> int:
+    """Parameters of the Llama model (tied embeddings counted once)."""
+    m = cfg.model
+    head_dim = m.dim // m.num_heads
+    attn = m.dim * head_dim * (2 * m.num_heads + 2 * m.num_kv_heads)
+    block = attn + 3 * m.dim * m.ffn_dim + 2 * m.dim
+    embed = m.vocab_size * m.dim * (1 if m.tie_embeddings else 2)
+    return m.num_layers * block + embed + m.dim
+
+
+def spec_of(cfg: Config) -> LighthouseSpec:
+    lh = cfg.lighthouse
+    return LighthouseSpec(lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer)
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per rank. Activations are what autograd keeps for the backward of one micro-batch;
+    transient is the largest short-lived working set on top (logits gradients, a block's
+    backward); peak = the static state + the larger of the two stages' activations + transient."""
+
+    parameters: int
+    gradients: int
+    optimizer: int
+    activations: dict[int, int]
+    transient: dict[int, int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def static(self) -> int:
+        return self.parameters + self.gradients + self.optimizer
+
+    def peak_at(self, stage: int) -> int:
+        return self.static + self.activations[stage] + self.transient[stage]
+
+    @property
+    def peak(self) -> int:
+        return max(self.peak_at(stage) for stage in self.activations)
+
+
+def state_bytes(cfg: Config, world_size: int) -> tuple[int, int, int, str]:
+    """(parameters, gradients, optimizer state) bytes per rank and how they are split.
+
+    Parameters and gradients are fp32 in both engines (bf16 is autocast, not bf16 weights);
+    AdamW keeps m and v in fp32; DeepSpeed ZeRO-1/2/3 also keeps an fp32 master partition and
+    partitions over all dp x cp ranks (the gradient group)."""
+    n, w, t = param_count(cfg), world_size, cfg.train
+    if t.engine == "torch" or t.zero_stage == 0:
+        return FP32 * n, FP32 * n, 2 * FP32 * n, f"{t.engine}: replicated AdamW (m, v)"
+    optimizer = 3 * FP32 * n // w  # fp32 master + m + v, partitioned
+    if t.zero_stage == 1:
+        return FP32 * n, FP32 * n, optimizer, f"ZeRO-1 over {w} ranks"
+    if t.zero_stage == 2:
+        grads = FP32 * n // w + FP32 * min(n, ZERO2_BUCKET)
+        return FP32 * n, grads, optimizer, f"ZeRO-2 over {w} ranks (+ reduce bucket)"
+    params = FP32 * n // w + FP32 * min(n, ZERO3_PREFETCH)
+    return params, FP32 * n // w, optimizer, f"ZeRO-3 over {w} ranks (+ prefetch bucket)"
+
+
+def _linear_inputs(cfg: Config, a: int, consumers: int) -> int:
+    """Bytes per token that the linears reading one normed [d] input keep: in fp32 they share it;
+    under autocast each linear keeps its own bf16 cast (autocast caches only weight casts)."""
+    d = cfg.model.dim
+    return FP32 * d if a == FP32 else consumers * a * d
+
+
+def block_bytes_per_token(cfg: Config, a: int, sparse: bool) -> float:
+    """Bytes per local token that one transformer block keeps for its backward.
+
+    Counted from the model code: the fp32 residual input and the fp32 normed values of both
+    RMSNorms, the linears' inputs, the SwiGLU's four [ffn_dim] tensors, and the attention's
+    saved tensors: q, k, v, output and fp32 log-sum-exp (dense), or the gathered S entries,
+    their output, log-sum-exp and indices plus the scattered [d] output (Lighthouse)."""
+    m, cp = cfg.model, cfg.parallel.cp_degree
+    d, hd, H, G, F = m.dim, m.dim // m.num_heads, m.num_heads, m.num_kv_heads, m.ffn_dim
+    norms = 2 * (2 * FP32 * d + FP32)  # residual input + normed values + rsqrt, per norm
+    linears = _linear_inputs(cfg, a, 3) + _linear_inputs(cfg, a, 2)  # wq/wk/wv, w1/w3
+    ffn = 4 * a * F  # w1 out, silu out, w3 out, their product (w2's input)
+    if not sparse:
+        attn = a * (d + 2 * G * hd) + a * d + FP32 * H  # q, k, v; output (wo's input); lse
+        if cp > 1:
+            attn += a * d  # the ring keeps its [B, H, S, D] output besides the returned copy
+        return norms + linears + ffn + attn
+    frac = spec_of(cfg).selected_length(cfg.train.seq_len) / cfg.train.seq_len
+    gathered = a * (2 * d + 2 * G * hd) + FP32 * H + INDEX * G  # q, k, v, output, lse, indices
+    if cp > 1 and cfg.lighthouse.selection == "global":
+        gathered += a * d  # the ring's q is a copy out of the all-to-all rows it also keeps
+    return norms + linears + ffn + frac * gathered + a * d  # + the scattered output
+
+
+def head_bytes_per_token(cfg: Config, a: int) -> tuple[float, float]:
+    """(kept, transient) bytes per token of the final norm, output projection and loss.
+
+    Kept: the last block's fp32 output and its normed values, the projection's input and the
+    fp32 log-probabilities. Transient: the first steps of the backward hold three fp32 [vocab]
+    gradients at once."""
+    d, V = cfg.model.dim, cfg.model.vocab_size
+    kept = 2 * FP32 * d + FP32 + _linear_inputs(cfg, a, 1) + FP32 * V
+    return kept, 3 * FP32 * V
+
+
+def block_transient_per_token(cfg: Config, a: int) -> float:
+    """A block's backward working set: the SwiGLU's gradients (three [ffn_dim] tensors), or the
+    attention's (dq, dk, dv plus the ring's fp32 accumulators), whichever is larger."""
+    m = cfg.model
+    d, hd, G = m.dim, m.dim // m.num_heads, m.num_kv_heads
+    ffn = 3 * a * m.ffn_dim
+    attn = a * (d + 2 * G * hd) + FP32 * (d + 2 * 2 * G * hd)
+    return max(ffn, attn)
+
+
+def estimate_memory(cfg: Config, device_type: str = "cuda") -> MemoryEstimate:
+    """Per-rank memory of `cfg` (resolved) on its dp x cp world, per stage (1: Lighthouse in the
+    sparse layers, 2: dense everywhere)."""
+    t, m = cfg.train, cfg.model
+    world = cfg.parallel.dp_degree * cfg.parallel.cp_degree
+    a = compute_bytes(cfg, device_type)
+    params, grads, opt, how = state_bytes(cfg, world)
+    tokens = t.micro_batch_size * t.seq_len // cfg.parallel.cp_degree  # per rank
+    head_kept, head_transient = head_bytes_per_token(cfg, a)
+    block_transient = block_transient_per_token(cfg, a)
+    sparse = set(cfg.sparse_layers())
+    activations, transient = {}, {}
+    stages = (1, 2) if sparse and t.stage1_steps > 0 else (2,)
+    for stage in stages:
+        per_layer = [
+            block_bytes_per_token(cfg, a, stage == 1 and i in sparse) for i in range(m.num_layers)
+        ]
+        if t.activation_checkpointing:
+            # Every block keeps only its fp32 input; its backward recomputes one block at a time.
+            kept = FP32 * m.dim * m.num_layers + head_kept
+            worst = max(head_transient, max(per_layer) + block_transient - head_kept)
+        else:
+            kept = sum(per_layer) + head_kept
+            worst = max(head_transient, block_transient - head_kept)
+        activations[stage] = int(kept * tokens)
+        transient[stage] = int(max(worst, 0) * tokens)
+    notes = [how, f"activations: {'bf16' if a == 2 else 'fp32'}, {tokens:,} tokens per rank"]
+    if t.activation_checkpointing:
+        notes.append("activation checkpointing: one block recomputed at a time")
+    return MemoryEstimate(params, grads, opt, activations, transient, notes)
+
+
+# --- communication --------------------------------------------------------------------------------
+
+
+def ring_bytes(kv_bytes: int, world: int, a: int) -> tuple[int, int]:
+    """(forward, backward) bytes one rank sends in one ring attention call: W-1 k/v hops each
+    way, plus W hops of the fp32 dk/dv accumulators in the backward."""
+    if world == 1:
+        return 0, 0
+    return (world - 1) * kv_bytes, (world - 1) * kv_bytes + world * kv_bytes * FP32 // a
+
+
+def layer_comm(cfg: Config, a: int, kind: str) -> dict[str, tuple[int, int]]:
+    """(forward, backward) bytes one rank sends in one attention layer of `kind` (dense, tile,
+    global) for one micro-batch, per collective kind (CommStats' names)."""
+    m, w = cfg.model, cfg.parallel.cp_degree
+    B, N = cfg.train.micro_batch_size, cfg.train.seq_len
+    hd, H, G = m.dim // m.num_heads, m.num_heads, m.num_kv_heads
+    if w == 1:
+        return {}
+    if kind == "dense":
+        return {"ring": ring_bytes(2 * B * (N // w) * G * hd * a, w, a)}
+    spec = spec_of(cfg)
+    S = spec.selected_length(N)
+    out = {"ring": ring_bytes(2 * B * (S // w) * G * hd * a, w, a)}
+    local_chunks = cfg.cp_chunks() // w
+    halo = (w - 1) * local_chunks * B * (spec.num_levels - 1) * H * hd * a
+    out["all_gather"] = (halo, 0)  # the spills of each chunk's last windows
+    out["reduce_scatter"] = (0, halo)
+    if kind == "global":
+        # Candidate scores of every level (coarsest: all windows; finer: p children of the k
+        # selected), 2 fp32 per (batch, kv head) window, summed by reduce-scatter + all-gather.
+        cands = N // spec.coarsest_window + (spec.num_levels - 2) * spec.topk * spec.pooling_factor
+        scores = (w - 1) * -(-2 * B * G * cands // w) * FP32
+        out["all_gather"] = (halo + scores, 0)
+        out["reduce_scatter"] = (scores, halo)
+        # q/k/v rows of a kv group travel from owner to attender and outputs back; expected
+        # share of foreign rows (W-1)/W; the backward mirrors it.
+        rows = B * G * (S // w) * (w - 1) // w
+        moved = rows * (2 * (H // G) * hd + 2 * hd) * a
+        out["all_to_all"] = (moved, moved)
+    return out
+
+
+@dataclass
+class CommEstimate:
+    """Bytes one rank sends per optimizer step: attention traffic per stage and kind, and the
+    gradient synchronisation."""
+
+    attention: dict[int, dict[str, int]]
+    gradients: int
+    gradient_note: str
+
+    def total(self, stage: int) -> int:
+        return sum(self.attention[stage].values()) + self.gradients
+
+
+def gradient_bytes(cfg: Config) -> tuple[int, str]:
+    """Bytes one rank sends to synchronise gradients per optimizer step (ring algorithms:
+    an all-reduce sends 2(W-1)/W of the buffer, a reduce-scatter or all-gather (W-1)/W)."""
+    t = cfg.train
+    w = cfg.parallel.dp_degree * cfg.parallel.cp_degree
+    if w == 1:
+        return 0, "one rank: no gradient traffic"
+    share = FP32 * param_count(cfg) * (w - 1) // w
+    if t.engine == "torch" or t.zero_stage in (0, 1):
+        name = "all-reduce" if t.engine == "torch" or t.zero_stage == 0 else "reduce-scatter + "
+        if name != "all-reduce":
+            name += "all-gather of the updated parameters"
+        return 2 * share, f"fp32 gradients over {w} ranks, {name}, once per step"
+    if t.zero_stage == 2:
+        return (t.grad_accum_steps + 1) * share, (
+            f"ZeRO-2 over {w} ranks: reduce-scatter per micro-batch + parameter all-gather"
+        )
+    return 3 * t.grad_accum_steps * share, (
+        f"ZeRO-3 over {w} ranks: parameter all-gather (fwd, bwd) + reduce-scatter per micro-batch"
+    )
+
+
+def estimate_comm(cfg: Config, device_type: str = "cuda") -> CommEstimate:
+    """Per-rank traffic of one optimizer step of `cfg` (resolved), per stage."""
+    a = compute_bytes(cfg, device_type)
+    t = cfg.train
+    sparse = set(cfg.sparse_layers())
+    repeats = 2 if t.activation_checkpointing else 1  # the recompute repeats the forward
+    attention = {}
+    for stage in (1, 2) if sparse and t.stage1_steps > 0 else (2,):
+        totals: dict[str, int] = {}
+        for layer in range(cfg.model.num_layers):
+            kind = cfg.lighthouse.selection if stage == 1 and layer in sparse else "dense"
+            for name, (fwd, bwd) in layer_comm(cfg, a, kind).items():
+                key = f"{name} ({'dense' if kind == 'dense' else 'lighthouse'})"
+                totals[key] = totals.get(key, 0) + (repeats * fwd + bwd) * t.grad_accum_steps
+        attention[stage] = totals
+    grads, note = gradient_bytes(cfg)
+    return CommEstimate(attention, grads, note)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def gib(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (GiB at most)."""
+    for unit, scale in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def describe_layout(cfg: Config) -> list[str]:
+    p, t, m = cfg.parallel, cfg.train, cfg.model
+    chunks = cfg.cp_chunks()
+    lines = [
+        f"layout      dp {p.dp_degree} x cp {p.cp_degree} = {p.dp_degree * p.cp_degree} ranks, "
+        f"{p.layout}: {chunks} chunk(s) of {t.seq_len // chunks:,} tokens, "
+        f"{t.seq_len // p.cp_degree:,} tokens per rank",
+        f"model       {m.flavor}: {m.num_layers} layers, dim {m.dim}, {m.num_heads} heads / "
+        f"{m.num_kv_heads} kv heads (head dim {m.dim // m.num_heads}), ffn {m.ffn_dim}, "
+        f"vocab {m.vocab_size}; {param_count(cfg) / 1e6:,.1f}M parameters",
+        f"batch       {t.micro_batch_size} x {t.seq_len:,} tokens x {t.grad_accum_steps} "
+        f"micro-batches x dp {p.dp_degree} = "
+        f"{t.micro_batch_size * t.seq_len * t.grad_accum_steps * p.dp_degree:,} tokens per step",
+    ]
+    sparse = cfg.sparse_layers()
+    if sparse and t.stage1_steps > 0:
+        spec = spec_of(cfg)
+        lh = cfg.lighthouse
+        S = spec.selected_length(t.seq_len)
+        per = spec.entries_per_level(t.seq_len)
+        detail = (
+            f"{spec.num_tiles} tiles, {spec.num_tiles // chunks} per chunk"
+            if lh.selection == "tile"
+            else "one cascade over the sequence"
+        )
+        lines.append(
+            f"attention   Lighthouse {lh.selection} L={lh.num_levels} p={lh.pooling_factor} "
+            f"k={lh.topk} in {len(sparse)} of {m.num_layers} layers for {t.stage1_steps:,} "
+            f"steps ({detail}), then dense"
+        )
+        lines.append(
+            f"            S = {' + '.join(f'{n:,}' for n in per)} = {S:,} selected entries "
+            f"({100 * S / t.seq_len:.1f}% of N), {S // p.cp_degree:,} per rank"
+        )
+    else:
+        lines.append("attention   dense causal attention in every layer")
+    return lines
+
+
+def format_report(cfg: Config, device_type: str = "cuda") -> str:
+    """What `lhdist check` prints for a valid, resolved config."""
+    mem, comm = estimate_memory(cfg, device_type), estimate_comm(cfg, device_type)
+    t = cfg.train
+    lines = describe_layout(cfg)
+    lines.append(f"memory per rank ({device_type}; {'; '.join(mem.notes)})")
+    lines += [
+        f"  parameters      {gib(mem.parameters)}",
+        f"  gradients       {gib(mem.gradients)}",
+        f"  optimizer       {gib(mem.optimizer)}",
+    ]
+    for stage in mem.activations:
+        lines.append(
+            f"  activations     {gib(mem.activations[stage])} stage {stage} "
+            f"(+ {gib(mem.transient[stage])} transient) -> peak {gib(mem.peak_at(stage))}"
+        )
+    lines.append(f"  peak (est.)     {gib(mem.peak)}")
+    lines.append(f"communication per rank per step ({t.grad_accum_steps} micro-batch(es))")
+    for stage, kinds in comm.attention.items():
+        parts = ", ".join(f"{k} {gib(v)}" for k, v in sorted(kinds.items())) or "none (cp=1)"
+        lines.append(f"  stage {stage} attention   {parts}")
+    lines.append(f"  gradients         {gib(comm.gradients)} ({comm.gradient_note})")
+    for stage in comm.attention:
+        lines.append(f"  stage {stage} total       {gib(comm.total(stage))}")
+    return "\n".join(lines)
+
+
+def preflight(
+    cfg: Config,
+    world_size: int,
+    device_type: str,
+    device_memory: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> MemoryEstimate:
+    """The job-start check: ValueError (numbers and rule) unless the resolved `cfg` can run on
+    `world_size` ranks; `log` (rank 0) receives the report and a warning when the estimated
+    peak exceeds `device_memory` bytes. Pure arithmetic: no process group, no device."""
+    validate(cfg, world_size)
+    mem = estimate_memory(cfg, device_type)
+    if log is not None:
+        log("[check] " + format_report(cfg, device_type).replace("\n", "\n[check] "))
+        if device_memory and mem.peak > device_memory:
+            log(
+                f"[check] warning: estimated peak {gib(mem.peak)} per rank exceeds the device's "
+                f"{gib(device_memory)}; consider train.activation_checkpointing=true, a larger "
+                f"parallel.cp_degree or train.zero_stage"
+            )
+    return mem
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def load_for_check(path: str | None, overrides: list[str], world_size: int | None) -> Config:
+    """Defaults < YAML < overrides, resolved on `world_size` (default: the config's
+    dp_degree x cp_degree when dp_degree is set, else $WORLD_SIZE, else cp_degree)."""
+    import yaml
+
+    cfg = Config()
+    if path is not None:
+        with open(path) as f:
+            apply_mapping(cfg, yaml.safe_load(f) or {}, origin=str(path))
+    mapping: dict[str, dict] = {}
+    for key, value in parse_overrides(overrides):
+        section, _, name = key.partition(".")
+        mapping.setdefault(section, {})[name] = value
+    apply_mapping(cfg, mapping, origin="command line")
+    if world_size is None:
+        p = cfg.parallel
+        if p.dp_degree > 0:
+            world_size = p.dp_degree * p.cp_degree
+        else:
+            world_size = int(os.environ.get("WORLD_SIZE", p.cp_degree))
+    return resolve(cfg, world_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="lhdist check",
+        allow_abbrev=False,
+        add_help=False,
+        description="Dry-run a layout without GPUs: validate the config for WORLD_SIZE ranks and "
+        "print per-rank memory and per-step communication.\nExit code 0 when valid, 2 "
+        "(with the numbers) when not.",
+        epilog="Config keys:\n" + describe_keys(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file with the sections to change")
+    parser.add_argument("--world-size", type=int, default=None, help="ranks of the job")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="device the job runs on when train.device is auto (sets the activation dtype)",
+    )
+    parser.add_argument(
+        "--gpu-memory-gib",
+        type=float,
+        default=0.0,
+        help="fail (exit 2) when the estimated peak per rank exceeds this",
+    )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help")
+    args, overrides = parser.parse_known_args(argv)
+    if args.help:
+        parser.print_help()
+        return 0
+    try:
+        cfg = load_for_check(args.config, overrides, args.world_size)
+        world = cfg.parallel.dp_degree * cfg.parallel.cp_degree
+        device_type = device_type_of(cfg, args.device)
+        mem = preflight(cfg, world, device_type)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lhdist check: invalid: {e}", file=sys.stderr)
+        return 2
+    where = args.config or "defaults"
+    print(f"lhdist check: {where} on {world} rank(s): valid")
+    print(format_report(cfg, device_type))
+    limit = args.gpu_memory_gib * GIB
+    if limit and mem.peak > limit:
+        print(
+            f"lhdist check: invalid: estimated peak {gib(mem.peak)} per rank exceeds "
+            f"--gpu-memory-gib={args.gpu_memory_gib:g}",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
