@@ -42,6 +42,7 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--profile", action="store_true", help="print rank 0's kernel table per mode")
     ap.add_argument("--name", default=None)
     ap.add_argument("--out-dir", default=None)
     return ap.parse_args(argv)
@@ -133,6 +134,18 @@ def main(argv=None):
         with CommStats() as stats:
             xs_once = [x.detach().clone().requires_grad_() for x in xs]
             fn(*xs_once).sum().backward()
+        if args.profile and device.type == "cuda":
+            with torch.profiler.profile(
+                activities=[
+                    torch.profiler.ProfilerActivity.CUDA,
+                    torch.profiler.ProfilerActivity.CPU,
+                ]
+            ) as prof:
+                fn(*xs_once).sum().backward()
+                torch.cuda.synchronize()
+            if rank == 0:
+                table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=18)
+                print(f"--- profile {mode}\n{table}", flush=True)
         row = {"mode": mode, "N": N, "N_local": N // world, "world": world}
         row.update(time_fwd_bwd(fn, xs, **timing))
         row["bytes_sent_per_call"] = stats.as_dict()

@@ -94,9 +94,10 @@ def select_block_impl(q_BHSD: Tensor) -> str:
 
 
 def _cuda_candidates(dtype: torch.dtype, head_dim: int) -> tuple[str, ...]:
-    # cuDNN and flash only take half precision; memory-efficient also takes fp32.
+    # cuDNN and flash take half precision; memory-efficient serves fp32 (its half-precision
+    # backward disagreed with the fp32 reference on an H200, so it is not a fallback there).
     if dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0:
-        return CUDA_IMPLS if head_dim <= 128 else ("flash", "efficient")
+        return ("cudnn", "flash") if head_dim <= 128 else ("flash",)
     return ("efficient",)
 
 
@@ -202,7 +203,6 @@ def _cuda_backward(
     do, out, lse = do.contiguous(), out.contiguous(), lse.float().contiguous()
     seed = torch.zeros((), dtype=torch.int64, device=q.device)  # unused: dropout_p == 0
     offset = torch.zeros((), dtype=torch.int64, device=q.device)
-    no_seqs = torch.empty(0, dtype=torch.int32, device=q.device)  # dense batch, not varlen
     if impl == "cudnn":
         dq, dk, dv = aten._scaled_dot_product_cudnn_attention_backward(
             do,
@@ -230,8 +230,8 @@ def _cuda_backward(
             v,
             out,
             lse,
-            no_seqs,
-            no_seqs,
+            None,  # cum_seq_q / cum_seq_k: dense batch (an empty tensor would mean varlen)
+            None,
             S,
             Sk,
             0.0,

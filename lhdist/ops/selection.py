@@ -14,11 +14,17 @@ from lhdist.ops.pyramid import group_query_scores, key_scores, score_pyramid
 from lhdist.ops.spec import LighthouseSpec, check_qkv
 
 
-def _top_positions(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Positions of the `count` largest scores per row; ties go to the lower position."""
-    # A stable descending sort keeps equal scores in position order; candidate rows are sorted by
-    # window index, so ties resolve deterministically to the lower global index.
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :count]
+def _ranking_keys(scores: torch.Tensor) -> torch.Tensor:
+    """Unique int64 keys ordering candidates by score, ties to the lower position.
+
+    Scores are non-negative fp32 norms, whose bit patterns order like the values; the low 32
+    bits hold the reversed position. One top-k over unique keys is deterministic, and cheaper
+    than a stable sort.
+    """
+    C = scores.shape[-1]
+    reversed_pos = C - 1 - torch.arange(C, device=scores.device)
+    bits = scores.float().contiguous().view(torch.int32).to(torch.int64)
+    return (bits << 32) | reversed_pos
 
 
 def _select_level(
@@ -29,8 +35,8 @@ def _select_level(
     Selected: the `half` best by score_q, then the `half` best of the rest by score_k.
     """
     C = cand_BGTC.shape[-1]
-    by_q = _top_positions(sq_BGTC, half)
-    by_k = _top_positions(sk_BGTC.scatter(-1, by_q, float("-inf")), half)
+    by_q = _ranking_keys(sq_BGTC).topk(half, dim=-1).indices
+    by_k = _ranking_keys(sk_BGTC).scatter(-1, by_q, -1).topk(half, dim=-1).indices
     chosen = torch.zeros_like(cand_BGTC, dtype=torch.int8)
     chosen.scatter_(-1, torch.cat([by_q, by_k], dim=-1), 1)
     # Stable ascending argsort of the 0/1 mask lists unchosen positions first, each group in order.
