@@ -383,6 +383,25 @@ def preflight(
     return mem
 
 
+def job_preflight(cfg: Config, is_rank0: bool) -> MemoryEstimate:
+    """`preflight` at the start of a job, before any collective: the world size from the process
+    group or torchrun's WORLD_SIZE, the device the loop will pick and its memory. Every rank
+    runs the same arithmetic (so every rank stops on an invalid layout, none waits for a
+    peer); rank 0 prints the report."""
+    import torch
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+    want = cfg.train.device
+    cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+    memory = None
+    if cuda and torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+        memory = torch.cuda.get_device_properties(local_rank).total_memory
+    log = (lambda text: print(text, flush=True)) if is_rank0 else None
+    return preflight(cfg, world, "cuda" if cuda else "cpu", memory, log)
+
+
 # --- command line ---------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from lhdist.check import job_preflight
 from lhdist.config import Config
 from lhdist.model import build_model
 from lhdist.parallel import (
@@ -27,6 +28,7 @@ from lhdist.train.engine import build_engine
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.metrics import MetricsLogger, memory_gib
 from lhdist.train.schedule import stage_at
+from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
 IGNORE_INDEX = -100
 
@@ -37,6 +39,7 @@ def train(cfg: Config) -> dict[str, Any]:
     # Everything a user can get wrong is checked before the first collective: the config was
     # validated at load time; here the dataset (every shard present, sizes and hashes).
     is_rank0 = (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0
+    job_preflight(cfg, is_rank0)  # `lhdist check` for this job's world: layout, memory, traffic
     # Hashing is rank 0's job: N ranks reading a multi-TB dataset N times would stall the start.
     dataset = validate_dataset(
         cfg.data.path or None,
@@ -54,9 +57,14 @@ def train(cfg: Config) -> dict[str, Any]:
         )
     # DeepSpeed reads LOCAL_RANK; launchers that are not torchrun may leave it unset.
     os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() % max(1, torch.cuda.device_count())))
+    start_watchdog(cfg.parallel.timeout_s)  # a dead or hung rank stops every rank, named
     try:
         return run(cfg, device, dataset)
+    except BaseException as error:
+        stop_watchdog(error)
+        raise
     finally:
+        stop_watchdog()
         if owns_process_group:
             destroy_distributed()
 
@@ -139,6 +147,7 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
             router.set_stage(stage)
         step_start = time.perf_counter()
 
+        set_phase("data", step)
         micro_batches = [
             local_shard(next(batches), dims, cfg, device) for _ in range(t.grad_accum_steps)
         ]
@@ -149,6 +158,7 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
         dist.all_reduce(global_tokens, group=dims.grad_group)
         total_loss = torch.zeros((), device=device)
         for input_ids, labels in micro_batches:
+            set_phase("forward", step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = engine(input_ids, positions)
             loss_sum = F.cross_entropy(
@@ -157,9 +167,11 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             )
+            set_phase("backward", step)
             engine.backward(loss_sum / global_tokens)
             total_loss += loss_sum.detach()
         lr = engine.lr()  # the lr this step uses; step() advances the schedule
+        set_phase("optimizer step", step)
         grad_norm = engine.step()
 
         dist.all_reduce(total_loss, group=dims.grad_group)
@@ -189,6 +201,7 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
             logger.step(record, show)
 
         if cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps):
+            set_phase("checkpoint", step)
             path = ckpt.save_checkpoint(
                 cfg, engine, step, stage, {"data": loader.state_dict(), "step": step}
             )

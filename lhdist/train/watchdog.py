@@ -1,0 +1,310 @@
+"""Heartbeat watchdog: a rank that dies, fails or hangs makes every rank exit, naming it and its
+phase ("rank 3 stopped answering during backward of step 12").
+
+Every rank runs a thread that, every `interval_s`, publishes its heartbeat (a counter, its phase
+and step, a progress counter, pid and host) under its own key of the job's rendezvous store
+(torchrun's TCPStore, or the FileStore of a `file://` rendezvous), then reads the others' keys
+and exits the process (`os._exit(1)`, after logging the reason) when:
+  * a rank reported that it failed (an exception), or aborted because of another rank;
+  * a rank's process is gone (same host: its pid no longer exists);
+  * a rank's heartbeat has not changed for `timeout_s` (process frozen, host lost);
+  * no rank has changed phase for `timeout_s` (a hang): it names the rank furthest behind.
+The main thread only records phase changes (`set_phase`) and wakes the thread, which publishes
+them at once (so a death is reported in the phase it happened in); the loop does no store I/O.
+When a collective raises (gloo reports a dead peer as an error), `stop(error)` names the peer
+behind it before the exception goes on, and publishes the cause so the other ranks name it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Phases in the order a step runs them; a hang is blamed on the rank furthest behind.
+PHASES = ("setup", "data", "forward", "backward", "optimizer step", "checkpoint", "done")
+PREFIX = "lhdist_watchdog"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass
+class PeerView:
+    """What this rank has seen of another rank: its last heartbeat and, on the local monotonic
+    clock (so clock skew between hosts does not matter), when its counters last changed."""
+
+    state: dict[str, Any] | None = None
+    beat_seen: float = 0.0
+    progress_seen: float = 0.0
+
+    def update(self, state: dict[str, Any], now: float) -> None:
+        old = self.state
+        if old is None or old.get("beat") != state.get("beat"):
+            self.beat_seen = now
+        if old is None or old.get("progress") != state.get("progress"):
+            self.progress_seen = now
+        self.state = state
+
+
+def where(state: dict[str, Any]) -> str:
+    """'backward of step 12' (or just the phase before the first step)."""
+    step = state.get("step", 0)
+    return f"{state.get('phase', '?')} of step {step}" if step else str(state.get("phase", "?"))
+
+
+def find_problem(
+    views: dict[int, PeerView],
+    me: int,
+    now: float,
+    timeout_s: float,
+    started: float,
+    host: str,
+    stale_s: float | None = None,
+) -> str | None:
+    """The reason to stop the job, from rank `me`'s views of every rank (itself included), or
+    None. `stale_s` (default `timeout_s`) is how long a peer's silent heartbeat is tolerated."""
+    stale_s = timeout_s if stale_s is None else stale_s
+    running = {r: v for r, v in views.items() if v.state and v.state.get("status") == "running"}
+    for r, v in sorted(views.items()):
+        s = v.state
+        if s and s.get("status") == "aborted":
+            return str(s.get("cause"))
+        if s and s.get("status") == "failed":
+            return f"rank {r} failed during {where(s)}: {s.get('error')}"
+    for r, v in sorted(running.items()):
+        s = v.state
+        if r == me:
+            continue
+        if s["host"] == host and not _pid_alive(s["pid"]):
+            return (
+                f"rank {r} stopped answering during {where(s)} (process {s['pid']} on {host} is "
+                f"gone)"
+            )
+        if now - v.beat_seen > stale_s:
+            return (
+                f"rank {r} stopped answering during {where(s)} (no heartbeat for "
+                f"{now - v.beat_seen:.0f} s, process {s['pid']} on {s['host']})"
+            )
+    missing = [r for r, v in sorted(views.items()) if v.state is None]
+    if missing and now - started > stale_s:
+        return f"rank {missing[0]} never sent a heartbeat ({now - started:.0f} s since start)"
+    if running and all(now - v.progress_seen > timeout_s for v in running.values()):
+        r, v = min(
+            running.items(),
+            key=lambda item: (
+                item[1].state.get("step", 0),
+                PHASES.index(item[1].state["phase"]) if item[1].state["phase"] in PHASES else 0,
+                item[0],
+            ),
+        )
+        quiet = min(now - v.progress_seen for v in running.values())
+        return (
+            f"rank {r} stopped making progress during {where(v.state)} (no rank has moved on for "
+            f"{quiet:.0f} s; rank {r} is furthest behind)"
+        )
+    return None
+
+
+@dataclass
+class Watchdog:
+    """The heartbeat thread of one rank; `start()`, `set_phase()` from the loop, `stop()`."""
+
+    store: Any
+    """A torch.distributed Store shared by the job (keys get the prefix 'lhdist_watchdog')."""
+    rank: int
+    world_size: int
+    timeout_s: float
+    interval_s: float = 0.0
+    """Heartbeat period; 0: timeout_s / 10, between 0.2 and 5 s."""
+    log: Callable[[str], None] | None = None
+    exit: Callable[[int], None] = os._exit
+    _state: dict[str, Any] = field(default_factory=dict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _wake: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+    _views: dict[int, PeerView] = field(default_factory=dict, init=False)
+    _started: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.interval_s:
+            self.interval_s = min(5.0, max(0.2, self.timeout_s / 10))
+        self.host = socket.gethostname()
+        self._state = {
+            "rank": self.rank,
+            "pid": os.getpid(),
+            "host": self.host,
+            "beat": 0,
+            "progress": 0,
+            "phase": "setup",
+            "step": 0,
+            "status": "running",
+        }
+        self._views = {r: PeerView() for r in range(self.world_size)}
+
+    # --- main thread ------------------------------------------------------------------------
+
+    def start(self) -> Watchdog:
+        self._started = time.monotonic()
+        self._publish()
+        self._thread = threading.Thread(target=self._run, name="lhdist-watchdog", daemon=True)
+        self._thread.start()
+        return self
+
+    def set_phase(self, phase: str, step: int) -> None:
+        """Record what this rank does now (published with the next heartbeat)."""
+        with self._lock:
+            self._state.update(phase=phase, step=step, progress=self._state["progress"] + 1)
+        self._wake.set()
+
+    def stop(self, error: BaseException | None = None) -> None:
+        """End the heartbeat: 'done', or after an exception the cause (a peer's death when the
+        exception came from it, else this rank's own error) for the other ranks to report."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+        if error is None:
+            self._state["status"] = "done"
+            self._publish()
+            return
+        cause = self._peer_cause(grace_s=min(self.timeout_s, 2 * self.interval_s + 1))
+        if cause is not None:
+            self._report(cause)
+            self._state.update(status="aborted", cause=cause)
+        else:
+            text = f"{type(error).__name__}: {error}"[:500]
+            self._report(f"rank {self.rank} failed during {where(self._state)}: {text}")
+            self._state.update(status="failed", error=text)
+        self._publish()
+        # Tearing down a broken process group can block; do not let it outlive the timeout.
+        timer = threading.Timer(self.timeout_s, self.exit, args=(1,))
+        timer.daemon = True
+        timer.start()
+
+    # --- heartbeat thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_check = time.monotonic() + self.interval_s
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_check - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            problem = None
+            try:
+                self._publish()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.interval_s
+                    problem = self._check()
+            except Exception as e:  # the store is gone: the launcher or rank 0 hosting it died
+                problem = (
+                    f"the job's rendezvous store stopped answering ({type(e).__name__}: {e}); "
+                    f"the launcher or rank 0 that hosts it is gone"
+                )
+            if problem is not None and not self._stop.is_set():
+                self._report(problem)
+                self._state.update(status="aborted", cause=problem)
+                try:
+                    self._publish()
+                finally:
+                    self.exit(1)
+                return
+
+    def _key(self, rank: int) -> str:
+        return f"{PREFIX}/rank{rank}"
+
+    def _publish(self) -> None:
+        with self._lock:
+            self._state["beat"] += 1
+            self._state["time"] = time.time()
+            payload = json.dumps(self._state)
+        self.store.set(self._key(self.rank), payload)
+
+    def _read(self) -> None:
+        now = time.monotonic()
+        for r, view in self._views.items():
+            if r == self.rank:
+                with self._lock:
+                    view.update(dict(self._state), now)
+            elif self.store.check([self._key(r)]):
+                view.update(json.loads(self.store.get(self._key(r))), now)
+
+    def _check(self, stale_s: float | None = None) -> str | None:
+        self._read()
+        now = time.monotonic()
+        return find_problem(
+            self._views, self.rank, now, self.timeout_s, self._started, self.host, stale_s
+        )
+
+    def _peer_cause(self, grace_s: float) -> str | None:
+        """A peer's failure behind this rank's exception, looked for during `grace_s` (a remote
+        peer's death shows as a heartbeat silent for two periods)."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            try:
+                problem = self._check(stale_s=2 * self.interval_s)
+            except Exception:
+                return None
+            if problem is not None and not problem.startswith(f"rank {self.rank} "):
+                return problem
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(self.interval_s / 2)
+
+    def _report(self, message: str) -> None:
+        text = f"[lhdist watchdog] rank {self.rank}: {message}"
+        (self.log or (lambda m: print(m, file=sys.stderr, flush=True)))(text)
+
+
+# --- the process's watchdog -----------------------------------------------------------------------
+
+_active: Watchdog | None = None
+
+
+def start_watchdog(timeout_s: float, interval_s: float = 0.0) -> Watchdog | None:
+    """Start this rank's watchdog on the default process group's store (a no-op returning None
+    for one rank). `set_phase` and `stop_watchdog` then act on it."""
+    global _active
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    store = dist.distributed_c10d._get_default_store()
+    _active = Watchdog(store, dist.get_rank(), dist.get_world_size(), timeout_s, interval_s)
+    return _active.start()
+
+
+def set_phase(phase: str, step: int) -> None:
+    """Tell the running watchdog (if any) what this rank does now."""
+    if _active is not None:
+        _active.set_phase(phase, step)
+
+
+def stop_watchdog(error: BaseException | None = None) -> None:
+    """Stop the running watchdog (if any); see `Watchdog.stop`."""
+    global _active
+    if _active is not None:
+        _active.stop(error)
+        _active = None
