@@ -38,6 +38,34 @@ def check_indices(idx: torch.Tensor, q: torch.Tensor, k: torch.Tensor, spec: Lig
         raise ValueError(f"indices span [{lo}, {hi}] outside the pyramid [0, {pyramid_len})")
 
 
+def select_and_gather(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    spec: LighthouseSpec,
+    indices: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Selection (unless given) and the gathered pooled rows: (q [B,H,S,D], k/v [B,G,S,D],
+    indices [B,G,S]); differentiable in q, k, v. Inputs are checked by the caller."""
+    G = k.shape[2]
+    select = indices is None
+    with torch.no_grad():
+        # One read of q and k gives both their first coarse level and their selection scores.
+        q_coarse, q_norms = coarse_pyramid(q.detach(), spec, with_norms=select)
+        k_coarse, k_norms = coarse_pyramid(k.detach(), spec, with_norms=select)
+        v_coarse, _ = coarse_pyramid(v.detach(), spec)
+        if select:
+            indices = select_from_scores(group_max(q_norms, G), k_norms.transpose(1, 2), spec)
+        else:
+            check_indices(indices, q, k, spec)
+    return (
+        gather_pooled(q, indices, spec, q_coarse),
+        gather_pooled(k, indices, spec, k_coarse),
+        gather_pooled(v, indices, spec, v_coarse),
+        indices,
+    )
+
+
 def lighthouse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -53,19 +81,7 @@ def lighthouse_attention(
     check_qkv(q, k, v, spec)
     B, N, H, _ = q.shape
     G = k.shape[2]
-    select = indices is None
-    with torch.no_grad():
-        # One read of q and k gives both their first coarse level and their selection scores.
-        q_coarse, q_norms = coarse_pyramid(q.detach(), spec, with_norms=select)
-        k_coarse, k_norms = coarse_pyramid(k.detach(), spec, with_norms=select)
-        v_coarse, _ = coarse_pyramid(v.detach(), spec)
-        if select:
-            indices = select_from_scores(group_max(q_norms, G), k_norms.transpose(1, 2), spec)
-        else:
-            check_indices(indices, q, k, spec)
-    q_BHSD = gather_pooled(q, indices, spec, q_coarse)
-    k_BGSD = gather_pooled(k, indices, spec, k_coarse)
-    v_BGSD = gather_pooled(v, indices, spec, v_coarse)
+    q_BHSD, k_BGSD, v_BGSD, indices = select_and_gather(q, k, v, spec, indices)
     o_BHSD = F.scaled_dot_product_attention(
         q_BHSD, k_BGSD, v_BGSD, is_causal=True, enable_gqa=H != G
     )

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lhdist.ops.gather import gather_pooled
+from lhdist.ops.lighthouse import select_and_gather
 from lhdist.ops.pyramid import group_query_scores, key_scores, pool_pyramid, score_pyramid
 from lhdist.ops.scatter import add_spill, place_entries, place_rows, spill, spread_windows
-from lhdist.ops.selection import cascade, lighthouse_select
+from lhdist.ops.selection import cascade
 from lhdist.ops.spec import TILE_BUDGET, LighthouseSpec, check_qkv
 from lhdist.parallel.collectives import (
     all_gather,
@@ -141,12 +141,11 @@ def _attend(q_BSHD, k_BSGD, v_BSGD, group, layout):
 
 def _tile_chunks(qs, ks, vs, chunk_spec, group, layout) -> list[Tensor]:
     """Tile mode: select, gather and (after the ring) place per chunk; window outputs per chunk."""
-    idxs = [lighthouse_select(q, k, chunk_spec) for q, k in zip(qs, ks)]
-    gathered = [
-        torch.cat([gather_pooled(x, i, chunk_spec) for x, i in zip(xs, idxs)], dim=2)
-        for xs in (qs, ks, vs)
-    ]
-    q_BSHD, k_BSGD, v_BSGD = (t.transpose(1, 2) for t in gathered)
+    per_chunk = [select_and_gather(q, k, v, chunk_spec) for q, k, v in zip(qs, ks, vs)]
+    idxs = [chunk[3] for chunk in per_chunk]
+    q_BSHD, k_BSGD, v_BSGD = (
+        torch.cat([chunk[i] for chunk in per_chunk], dim=2).transpose(1, 2) for i in range(3)
+    )
     o_BHSD = _attend(q_BSHD, k_BSGD, v_BSGD, group, layout).transpose(1, 2)
     N_c = qs[0].shape[1]
     P_c = sum(chunk_spec.level_lengths(N_c))
