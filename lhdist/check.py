@@ -221,9 +221,10 @@ def layer_comm(cfg: Config, a: int, kind: str) -> dict[str, tuple[int, int]]:
         scores = (w - 1) * -(-2 * B * G * cands // w) * FP32
         out["all_gather"] = (halo + scores, 0)
         out["reduce_scatter"] = (scores, halo)
-        # q/k/v rows of a kv group travel from owner to attender and outputs back; expected
-        # share of foreign rows (W-1)/W; the backward mirrors it.
-        rows = B * G * (S // w) * (w - 1) // w
+        # q/k/v rows of a kv group travel from their owner to the rank attending them, outputs
+        # back, and the backward mirrors both. Data-dependent: rows stay home while each chunk
+        # holds its share of the causal order. Pessimistic: every fine-level entry moves.
+        rows = B * G * (S - N // spec.coarsest_window) // w
         moved = rows * (2 * (H // G) * hd + 2 * hd) * a
         out["all_to_all"] = (moved, moved)
     return out
@@ -354,6 +355,8 @@ def format_report(cfg: Config, device_type: str = "cuda") -> str:
     for stage, kinds in comm.attention.items():
         parts = ", ".join(f"{k} {gib(v)}" for k, v in sorted(kinds.items())) or "none (cp=1)"
         lines.append(f"  stage {stage} attention   {parts}")
+    if any("all_to_all" in k for kinds in comm.attention.values() for k in kinds):
+        lines.append("  (all_to_all: pessimistic, every fine-level entry changing rank)")
     lines.append(f"  gradients         {gib(comm.gradients)} ({comm.gradient_note})")
     for stage in comm.attention:
         lines.append(f"  stage {stage} total       {gib(comm.total(stage))}")

@@ -1,6 +1,7 @@
 """Launch scripts and the Docker image: syntax, shellcheck, hadolint, the commands they build,
 and a real (CPU, gloo) run through the slurm script with stand-ins for srun and scontrol."""
 
+import json
 import os
 import shutil
 import socket
@@ -105,3 +106,43 @@ def test_launch_slurm_script_trains_on_cpu_through_torchrun(tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert "[check] layout      dp 2 x cp 1 = 2 ranks" in out.stdout
     assert "step 2/2 | stage 2" in out.stdout
+
+
+def test_launch_bench_1m_job_smoke_on_two_cpu_ranks(tmp_path):
+    # The 1M-token job's code path at a tiny size: cp=2 on gloo, through launch/torchrun.sh.
+    env = {"NPROC": "2", "SCRIPT": "benchmarks/bench_1m_job.py", "PYTHON": sys.executable}
+    args = ["--config", "configs/tiny_cpu.yaml", "--seq-len", "2048", "--cp", "2",
+            "--lighthouse.num_levels=2", "--lighthouse.pooling_factor=2",
+            "--lighthouse.topk=512", "--model.num_layers=2", "--lighthouse.full_attn_layers=[0]",
+            "--train.engine=torch", "--out-dir", str(tmp_path), "--repeats", "1", "--warmup",
+            "0", "--steps", "1", "--warmup-steps", "0"]  # fmt: skip
+    out = run(["bash", str(SCRIPTS[0]), *args], env=env, timeout=240)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    (path,) = tmp_path.glob("*_1m_job_W2_cp2_cpu.json")
+    result = json.loads(path.read_text())
+    assert {"date", "torch", "python"} <= result["environment"].keys()
+    rows = {(r["part"], r["mode"]): r for r in result["rows"]}
+    assert set(rows) == {(p, m) for p in ("layer", "step") for m in ("tile", "global", "dense")}
+    for (part, _), row in rows.items():
+        key = "median_ms" if part == "layer" else "tokens_per_s"
+        assert row[key] > 0 and "peak_gib" in row, row
+    # `lhdist check`'s per-layer traffic is CommStats' exactly (ring, halo, score exchange);
+    # its all-to-all is a pessimistic bound on the data-dependent row exchange.
+    for mode in ("tile", "global", "dense"):
+        sent, est = rows["layer", mode]["bytes_sent"], rows["layer", mode]["estimated_bytes_sent"]
+        for key, n in est.items():
+            if key.startswith("all_to_all"):
+                assert 0 < sent[key] <= n, (mode, key, sent, est)
+            else:
+                assert sent[key] == n, (mode, key, sent, est)
+    step = rows["step", "tile"]
+    assert sum(step["bytes_sent_attention"].values()) == sum(
+        step["estimated_attention_bytes"].values()
+    )
+
+
+def test_launch_lhdist_bench_front():
+    from lhdist.bench import main
+
+    assert main([]) == 0 and main(["nope"]) == 2
+    assert main(["1m", "--help"]) == 0
