@@ -189,7 +189,12 @@ class Watchdog:
             self._state["status"] = "done"
             self._publish()
             return
-        cause = self._peer_cause(grace_s=min(self.timeout_s, 2 * self.interval_s + 1))
+        # A communication error (gloo raises RuntimeError, sockets OSError) may be a peer's
+        # death seen first here: give its heartbeat two periods to go quiet. Other errors are
+        # this rank's own (a ValueError is raised alike on every rank): no wait.
+        comm_error = isinstance(error, (RuntimeError, OSError))
+        grace = min(self.timeout_s, 2 * self.interval_s + 1) if comm_error else 0.0
+        cause = self._peer_cause(grace_s=grace)
         if cause is not None:
             self._report(cause)
             self._state.update(status="aborted", cause=cause)

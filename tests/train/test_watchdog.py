@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 
 from lhdist.train.watchdog import PeerView, Watchdog, find_problem
-from tests.train.test_resume import launch
-from tests.train.test_training import FAST
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,9 +53,7 @@ def test_watchdog_find_problem_rules():
 
 
 def test_watchdog_stop_publishes_done_and_own_failure(tmp_path):
-    import torch.distributed as dist
-
-    store = dist.FileStore(str(tmp_path / "store"), 1)
+    store = DirStore(str(tmp_path / "store"))
     logs: list[str] = []
     dog = Watchdog(store, 0, 1, timeout_s=5, interval_s=0.2, log=logs.append).start()
     dog.set_phase("backward", 2)
@@ -74,14 +70,35 @@ def test_watchdog_stop_publishes_done_and_own_failure(tmp_path):
     ]
 
 
+class DirStore:
+    """The part of a torch.distributed Store the watchdog uses, as one file per key (so the fake
+    jobs below start in milliseconds, without importing torch)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, key: str) -> Path:
+        return self.path / key.replace("/", "_")
+
+    def set(self, key: str, value: str) -> None:
+        tmp = self._file(key).with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(value)
+        os.replace(tmp, self._file(key))
+
+    def get(self, key: str) -> bytes:
+        return self._file(key).read_bytes()
+
+    def check(self, keys: list[str]) -> bool:
+        return all(self._file(k).exists() for k in keys)
+
+
 def fake_rank(rank: int, world: int, store_path: str, scenario: str, timeout_s: float) -> None:
     """A rank of a fake job: steps through phases until `scenario` makes one rank misbehave
     at step 3 (the others then wait 'in a collective' forever)."""
-    import torch.distributed as dist
-
-    store = dist.FileStore(store_path, world)
-    store.add("arrived", 1)  # start together, as ranks leaving init_process_group do
-    while store.add("arrived", 0) < world:
+    store = DirStore(store_path)
+    store.set(f"arrived{rank}", "1")  # start together, as ranks leaving init_process_group do
+    while not store.check([f"arrived{r}" for r in range(world)]):
         time.sleep(0.01)
     dog = Watchdog(store, rank, world, timeout_s, interval_s=0.2).start()
     try:
@@ -130,7 +147,7 @@ def test_watchdog_ends_every_rank_naming_the_culprit(tmp_path):
         (tmp_path / scenario).mkdir()
         kind = "error" if scenario == "error" else "hang"
         jobs[scenario] = start_fake_job(tmp_path / scenario, kind, 2, timeout_s)
-    step_file, deadline = tmp_path / "freeze" / "store.step1", time.monotonic() + 60
+    step_file, deadline = tmp_path / "freeze" / "store.step1", time.monotonic() + 30
     while not (step_file.exists() and step_file.read_text() == "2"):
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -148,6 +165,9 @@ def test_watchdog_ends_every_rank_naming_the_culprit(tmp_path):
 
 
 def test_watchdog_sigkilled_rank_ends_a_gloo_training_job(tmp_path):
+    from tests.train.test_resume import launch
+    from tests.train.test_training import FAST
+
     timeout_s = 20
     run_dir = tmp_path / "run"
     args = [*FAST, "--train.steps=1000", "--train.engine=torch",
