@@ -5,7 +5,8 @@ Legend: B batch, N global sequence, N_c chunk length, P_c chunk pyramid length, 
 (global), S_loc this rank's share of the gathered sequence, H query heads, G kv heads, D head dim,
 W group size, R rows.
 
-Both modes cut the gathered sequence into the layout's chunks and run `ring_attention` on it:
+Both modes cut the gathered sequence into the layout's chunks and attend it causally across
+ranks (k/v of the short gathered sequence all-gathered, or `ring_attention`):
   tile:   tiles lie inside sequence chunks, so each chunk selects alone and contributes S/chunks
           entries; chunk-wise gathered sequences in global order are the single-device one.
   global: one cascade over the whole sequence; level by level the scores of the candidate
@@ -27,6 +28,7 @@ from lhdist.ops.pyramid import group_query_scores, key_scores, pool_pyramid, sco
 from lhdist.ops.scatter import add_spill, place_entries, place_rows, spill, spread_windows
 from lhdist.ops.selection import cascade
 from lhdist.ops.spec import TILE_BUDGET, LighthouseSpec, check_qkv
+from lhdist.parallel.allgather_attention import allgather_attention
 from lhdist.parallel.collectives import (
     all_gather,
     all_to_all,
@@ -35,6 +37,8 @@ from lhdist.parallel.collectives import (
 )
 from lhdist.parallel.ring_attention import ring_attention
 from lhdist.parallel.sharding import LAYOUTS, check_layout, local_chunk_ids, num_chunks
+
+ATTENTIONS = ("allgather", "ring")
 
 
 def _chunk_rank_slot(chunk: Tensor, world: int, layout: str) -> tuple[Tensor, Tensor]:
@@ -71,8 +75,12 @@ def lighthouse_cp_attention(
     spec: LighthouseSpec,
     group: dist.ProcessGroup | None,
     layout: str = "zigzag",
+    attention: str = "allgather",
 ) -> Tensor:
     """This rank's shard of `lighthouse_attention` on the whole sequence, with autograd.
+
+    attention: how the gathered sequence is attended across ranks: "allgather" (its k/v, only
+    O(S*G*D), gathered on every rank; fewer, larger kernels) or "ring" (`ring_attention`).
 
     q [B, N/W, H, D], k/v [B, N/W, G, D]: this rank's shard (`shard_sequence` with `layout`).
     Returns [B, N/W, H, D]. Gradients cross ranks through every collective: the all-to-all's
@@ -83,6 +91,8 @@ def lighthouse_cp_attention(
     world = dist.get_world_size(group) if group is not None or dist.is_initialized() else 1
     rank = dist.get_rank(group) if world > 1 else 0
     check_layout(layout)
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention={attention!r} must be one of {ATTENTIONS}")
     if world > 1:
         _check_same_call(q, k, spec, layout, group)
     chunks = num_chunks(world, layout)
@@ -100,9 +110,11 @@ def lighthouse_cp_attention(
         chunk_spec = LighthouseSpec(
             spec.num_levels, spec.pooling_factor, spec.topk // chunks, "tile", spec.scorer
         )
-        wins = _tile_chunks(split(q), split(k), split(v), chunk_spec, group, layout)
+        wins = _tile_chunks(split(q), split(k), split(v), chunk_spec, group, layout, attention)
     else:
-        wins = _global_chunks(split(q), split(k), split(v), spec, N, my_chunks, group, layout)
+        wins = _global_chunks(
+            split(q), split(k), split(v), spec, N, my_chunks, group, layout, attention
+        )
 
     # Scatter each chunk, then add the previous chunk's spill (the halo) to its first positions.
     outs = [spread_windows(win, spec, N_c) for win in wins]
@@ -130,23 +142,25 @@ def _check_same_call(q, k, spec, layout, group) -> None:
     )  # fmt: skip
 
 
-def _attend(q_BSHD, k_BSGD, v_BSGD, group, layout):
+def _attend(q_BSHD, k_BSGD, v_BSGD, group, layout, attention):
     if group is None and not dist.is_initialized():
         return torch.nn.functional.scaled_dot_product_attention(
             q_BSHD.transpose(1, 2), k_BSGD.transpose(1, 2), v_BSGD.transpose(1, 2),
             is_causal=True, enable_gqa=q_BSHD.shape[2] != k_BSGD.shape[2],
         ).transpose(1, 2)  # fmt: skip
+    if attention == "allgather":
+        return allgather_attention(q_BSHD, k_BSGD, v_BSGD, group=group, layout=layout)
     return ring_attention(q_BSHD, k_BSGD, v_BSGD, group=group, layout=layout, causal=True)
 
 
-def _tile_chunks(qs, ks, vs, chunk_spec, group, layout) -> list[Tensor]:
+def _tile_chunks(qs, ks, vs, chunk_spec, group, layout, attention) -> list[Tensor]:
     """Tile mode: select, gather and (after the ring) place per chunk; window outputs per chunk."""
     per_chunk = [select_and_gather(q, k, v, chunk_spec) for q, k, v in zip(qs, ks, vs)]
     idxs = [chunk[3] for chunk in per_chunk]
     q_BSHD, k_BSGD, v_BSGD = (
         torch.cat([chunk[i] for chunk in per_chunk], dim=2).transpose(1, 2) for i in range(3)
     )
-    o_BHSD = _attend(q_BSHD, k_BSGD, v_BSGD, group, layout).transpose(1, 2)
+    o_BHSD = _attend(q_BSHD, k_BSGD, v_BSGD, group, layout, attention).transpose(1, 2)
     N_c = qs[0].shape[1]
     P_c = sum(chunk_spec.level_lengths(N_c))
     o_chunks = o_BHSD.split(idxs[0].shape[-1], dim=2)
@@ -163,7 +177,7 @@ def _exchange_scores(local_BGXC: Tensor, group) -> Tensor:
     return summed[: local_BGXC.numel()].view(local_BGXC.shape)
 
 
-def _global_chunks(qs, ks, vs, spec, N, my_chunks, group, layout) -> list[Tensor]:
+def _global_chunks(qs, ks, vs, spec, N, my_chunks, group, layout, attention) -> list[Tensor]:
     """Global mode: one cascade over all chunks, rows moved to the attending rank and back."""
     world = dist.get_world_size(group) if group is not None or dist.is_initialized() else 1
     rank = dist.get_rank(group) if world > 1 else 0
@@ -247,7 +261,7 @@ def _global_chunks(qs, ks, vs, spec, N, my_chunks, group, layout) -> list[Tensor
     share = place_rows(received, share_rows, B * S_loc * G).view(B, S_loc, G, hd + 2 * D)
     q_BSHD = share[..., :hd].reshape(B, S_loc, H, D)
     k_BSGD, v_BSGD = share[..., hd : hd + D], share[..., hd + D :]
-    o_BSHD = _attend(q_BSHD, k_BSGD, v_BSGD, group, layout)
+    o_BSHD = _attend(q_BSHD, k_BSGD, v_BSGD, group, layout, attention)
     o_rows = o_BSHD.reshape(B * S_loc * G, hd)[share_rows]
     back = all_to_all(o_rows, recv_counts, send_counts, group) if world > 1 else o_rows
     win = place_rows(back, pyr_rows, B * n_local * P_c * G).view(B, n_local * P_c, H, D)

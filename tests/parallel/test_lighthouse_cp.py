@@ -35,7 +35,7 @@ def _inputs(N, heads, seed=0):
 
 def _reference(case):
     """Inputs and the single-device op's output and gradients (computed once, in the parent)."""
-    _, selection, heads = case
+    _, selection, heads = case[:3]
     N, spec = SPECS[selection]
     q, k, v, grad_out = _inputs(N, heads)
     full = [t.clone().requires_grad_() for t in (q, k, v)]
@@ -45,7 +45,8 @@ def _reference(case):
 
 
 def _check(rank, world, case, inputs, refs):
-    layout, selection, heads = case
+    layout, selection, heads = case[:3]
+    attention = case[3] if len(case) > 3 else "allgather"
     N, spec = SPECS[selection]
 
     def shard(t):
@@ -53,9 +54,11 @@ def _check(rank, world, case, inputs, refs):
 
     local = [shard(t).clone().requires_grad_() for t in inputs[:3]]
     with CommStats() as stats:
-        out = lighthouse_cp_attention(*local, spec, group=dist.group.WORLD, layout=layout)
+        out = lighthouse_cp_attention(
+            *local, spec, group=dist.group.WORLD, layout=layout, attention=attention
+        )
     out.backward(shard(inputs[3]))
-    tag = f"W{world}-{layout}-{selection}-{heads} rank {rank}"
+    tag = f"W{world}-{layout}-{selection}-{heads}-{attention} rank {rank}"
     for name, got, want in zip(("out", "dq", "dk", "dv"), [out] + [t.grad for t in local], refs):
         want = shard(want)
         err = (got - want).abs().max().item()
@@ -69,25 +72,29 @@ def _worker_all_cases(rank, world, cases, references):
         stats = _check(rank, world, case, inputs, refs)
         N, spec = SPECS[case[1]]
         if world > 1 and spec.selection == "global":
-            _assert_score_traffic_is_compact(stats, world, case[0], case[2], N, spec)
+            attention = case[3] if len(case) > 3 else "allgather"
+            _assert_score_traffic_is_compact(stats, world, case[0], case[2], N, spec, attention)
 
 
-def _assert_score_traffic_is_compact(stats, world, layout, heads, N, spec):
+def _assert_score_traffic_is_compact(stats, world, layout, heads, N, spec, attention):
     H, G = HEADS[heads]
     L, p, k = spec.num_levels, spec.pooling_factor, spec.topk
+    S = spec.selected_length(N)
     chunks_here = 2 if layout == "zigzag" else 1
     halo = chunks_here * B * (L - 1) * H * D * 4 * (world - 1)
+    # The all-gather attention moves the gathered sequence's k/v (O(S*G*D)); the rest is scores.
+    kv = 2 * B * (S // world) * G * D * 4 * (world - 1) if attention == "allgather" else 0
     score = (
         stats.bytes_sent("reduce_scatter", "forward")
         + stats.bytes_sent("all_gather", "forward")
         - halo
+        - kv
     )
     # Per level a reduce-scatter + all-gather of (score_q, score_k) per candidate, fp32.
     bound = 2 * 2 * 4 * B * G * (N // spec.coarsest_window + (L - 1) * p * k) + 64 * world
     assert 0 < score <= bound, f"score traffic {score} B exceeds O(N/c_L + L*p*k) bound {bound}"
     dense_ring_kv = (world - 1) * 2 * B * (N // world) * G * D * 4
     assert score < dense_ring_kv / 4
-    S = spec.selected_length(N)
     assert stats.bytes_sent("all_to_all", "forward") <= B * G * S * (H // G + 2) * D * 4
 
 
@@ -97,6 +104,12 @@ CASES = [
     for sel in ("tile", "global")
     for heads in HEADS
 ]
+
+
+def test_lighthouse_cp_ring_variant_matches_single_device(tmp_path):
+    cases = [("zigzag", "tile", "gqa", "ring"), ("contiguous", "global", "mha", "ring")]
+    run_ranks(_worker_all_cases, 2, tmp_path, cases, [_reference(c) for c in cases],
+              timeout_s=300)  # fmt: skip
 
 
 @pytest.mark.parametrize("world", [1, 2, 4], ids=lambda w: f"W{w}")
