@@ -17,6 +17,7 @@ behind it before the exception goes on, and publishes the cause so the other ran
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ from typing import Any
 # Phases in the order a step runs them; a hang is blamed on the rank furthest behind.
 PHASES = ("setup", "data", "forward", "backward", "optimizer step", "checkpoint", "done")
 PREFIX = "lhdist_watchdog"
+MIN_PUBLISH_GAP_S = 0.05
 
 
 def _pid_alive(pid: int) -> bool:
@@ -212,6 +214,7 @@ class Watchdog:
 
     def _run(self) -> None:
         next_check = time.monotonic() + self.interval_s
+        store_failing_since = None
         while not self._stop.is_set():
             self._wake.wait(max(0.0, next_check - time.monotonic()))
             self._wake.clear()
@@ -223,19 +226,23 @@ class Watchdog:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.interval_s
                     problem = self._check()
-            except Exception as e:  # the store is gone: the launcher or rank 0 hosting it died
-                problem = (
-                    f"the job's rendezvous store stopped answering ({type(e).__name__}: {e}); "
-                    f"the launcher or rank 0 that hosts it is gone"
-                )
+                store_failing_since = None
+            except Exception as e:  # still failing after 3 periods: the store's host is gone
+                now = time.monotonic()
+                store_failing_since = store_failing_since or now
+                if now - store_failing_since >= 3 * self.interval_s:
+                    problem = (
+                        f"the job's rendezvous store stopped answering ({type(e).__name__}: "
+                        f"{e}); the launcher or rank 0 that hosts it is gone"
+                    )
             if problem is not None and not self._stop.is_set():
                 self._report(problem)
                 self._state.update(status="aborted", cause=problem)
-                try:
+                with contextlib.suppress(Exception):  # tell the others, if the store still can
                     self._publish()
-                finally:
-                    self.exit(1)
+                self.exit(1)
                 return
+            self._stop.wait(MIN_PUBLISH_GAP_S)  # fast steps: at most ~20 heartbeats a second
 
     def _key(self, rank: int) -> str:
         return f"{PREFIX}/rank{rank}"

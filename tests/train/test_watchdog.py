@@ -160,7 +160,7 @@ def test_watchdog_ends_every_rank_naming_the_culprit(tmp_path):
     for scenario, procs in jobs.items():
         (err,) = finish(procs[:1], within_s=30)
         procs[1].kill()
-        procs[1].wait()
+        procs[1].communicate()
         assert f"[lhdist watchdog] rank 0: {expected[scenario]}" in err, (scenario, err[-2000:])
 
 
@@ -181,7 +181,26 @@ def test_watchdog_sigkilled_rank_ends_a_gloo_training_job(tmp_path):
     killed_at = time.monotonic()
     (err,) = finish([procs[0]], within_s=timeout_s + 30)
     err = err.decode()
-    procs[1].wait()
+    procs[1].communicate()
     assert time.monotonic() - killed_at < timeout_s + 30
     assert "[lhdist watchdog] rank 0: rank 1 stopped answering during " in err, err[-3000:]
     assert " of step " in err.split("stopped answering during ")[1].splitlines()[0]
+
+
+def test_watchdog_exits_when_the_store_stays_unreachable(tmp_path):
+    class BrokenStore(DirStore):
+        broken = False
+
+        def set(self, key, value):
+            if self.broken:
+                raise ConnectionResetError("store host gone")
+            super().set(key, value)
+
+    store, logs, exits = BrokenStore(str(tmp_path / "s")), [], []
+    dog = Watchdog(store, 0, 1, timeout_s=5, interval_s=0.1, log=logs.append, exit=exits.append)
+    dog.start()
+    store.broken = True
+    deadline = time.monotonic() + 10
+    while not exits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert exits == [1] and "rendezvous store stopped answering" in logs[0], logs
