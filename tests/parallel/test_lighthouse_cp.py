@@ -46,7 +46,7 @@ def _reference(case):
 
 def _check(rank, world, case, inputs, refs):
     layout, selection, heads = case[:3]
-    attention = case[3] if len(case) > 3 else "allgather"
+    attention = case[3] if len(case) > 3 else "ring"
     N, spec = SPECS[selection]
 
     def shard(t):
@@ -72,7 +72,7 @@ def _worker_all_cases(rank, world, cases, references):
         stats = _check(rank, world, case, inputs, refs)
         N, spec = SPECS[case[1]]
         if world > 1 and spec.selection == "global":
-            attention = case[3] if len(case) > 3 else "allgather"
+            attention = case[3] if len(case) > 3 else "ring"
             _assert_score_traffic_is_compact(stats, world, case[0], case[2], N, spec, attention)
 
 
@@ -106,8 +106,8 @@ CASES = [
 ]
 
 
-def test_lighthouse_cp_ring_variant_matches_single_device(tmp_path):
-    cases = [("zigzag", "tile", "gqa", "ring"), ("contiguous", "global", "mha", "ring")]
+def test_lighthouse_cp_allgather_variant_matches_single_device(tmp_path):
+    cases = [("zigzag", "tile", "gqa", "allgather"), ("contiguous", "global", "mha", "allgather")]
     run_ranks(_worker_all_cases, 2, tmp_path, cases, [_reference(c) for c in cases],
               timeout_s=300)  # fmt: skip
 
