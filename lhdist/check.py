@@ -90,6 +90,13 @@ def state_bytes(cfg: Config, world_size: int) -> tuple[int, int, int, str]:
     AdamW keeps m and v in fp32; DeepSpeed ZeRO-1/2/3 also keeps an fp32 master partition and
     partitions over all dp x cp ranks (the gradient group)."""
     n, w, t = param_count(cfg), world_size, cfg.train
+    if t.engine == "deepspeed" and t.zero_stage > 0 and w == 1:
+        return (
+            FP32 * n,
+            FP32 * n,
+            3 * FP32 * n,
+            f"ZeRO-{t.zero_stage} on one rank (no partitioning)",
+        )
     if t.engine == "torch" or t.zero_stage == 0:
         return FP32 * n, FP32 * n, 2 * FP32 * n, f"{t.engine}: replicated AdamW (m, v)"
     optimizer = 3 * FP32 * n // w  # fp32 master + m + v, partitioned
@@ -299,7 +306,7 @@ def describe_layout(cfg: Config) -> list[str]:
     p, t, m = cfg.parallel, cfg.train, cfg.model
     chunks = cfg.cp_chunks()
     lines = [
-        f"layout      dp {p.dp_degree} x cp {p.cp_degree} = {p.dp_degree * p.cp_degree} ranks, "
+        f"layout      dp {p.dp_degree} x cp {p.cp_degree} = {p.dp_degree * p.cp_degree} rank(s), "
         f"{p.layout}: {chunks} chunk(s) of {t.seq_len // chunks:,} tokens, "
         f"{t.seq_len // p.cp_degree:,} tokens per rank",
         f"model       {m.flavor}: {m.num_layers} layers, dim {m.dim}, {m.num_heads} heads / "

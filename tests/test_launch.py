@@ -104,7 +104,7 @@ def test_launch_slurm_script_trains_on_cpu_through_torchrun(tmp_path):
             "--checkpoint.enabled=false", f"--train.run_dir={run_dir}"]  # fmt: skip
     out = run(["bash", str(SCRIPTS[1]), *args], env=env, timeout=240)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert "[check] layout      dp 2 x cp 1 = 2 ranks" in out.stdout
+    assert "[check] layout      dp 2 x cp 1 = 2 rank(s)" in out.stdout
     assert "step 2/2 | stage 2" in out.stdout
 
 
