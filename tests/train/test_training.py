@@ -92,7 +92,8 @@ def test_train_engines_and_zero_stages_agree_on_dp2(tmp_path):
     ids=["zigzag-tile-N1024-k512", "contiguous-global-N512-k128"],
 )
 def test_train_cp2_equals_one_rank(tmp_path, layout, selection, seq_len, topk):
-    """cp=2 sees the same sequence as one rank: the same losses up to float rounding."""
+    """cp=2 (DeepSpeed ZeRO-1) sees the same sequence as one rank (torch engine): the same losses
+    up to float rounding."""
     common = [
         "--train.steps=3",
         "--train.stage1_steps=2",
@@ -100,10 +101,15 @@ def test_train_cp2_equals_one_rank(tmp_path, layout, selection, seq_len, topk):
         f"--lighthouse.selection={selection}",
         f"--train.seq_len={seq_len}",
         f"--parallel.layout={layout}",
-        "--train.engine=torch",
     ]
-    single = read_steps(run(tmp_path, "cp1", 1, common))
-    cp2 = read_steps(run(tmp_path, "cp2", 2, [*common, "--parallel.cp_degree=2"]))
+    single = read_steps(run(tmp_path, "cp1", 1, [*common, "--train.engine=torch"]))
+    cp2_args = [
+        *common,
+        "--parallel.cp_degree=2",
+        "--train.engine=deepspeed",
+        "--train.zero_stage=1",
+    ]
+    cp2 = read_steps(run(tmp_path, "cp2", 2, cp2_args))
     for step in (1, 2, 3):
         assert cp2[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-4), step
         assert cp2[step]["tokens"] == single[step]["tokens"] == seq_len
