@@ -58,11 +58,3 @@ def gather_pooled(
     if coarse_BPHD is None:
         coarse_BPHD, _ = coarse_pyramid(x_BNHD.detach(), spec)
     return _PyramidGather.apply(x_BNHD, coarse_BPHD, idx_BGS, spec)
-
-
-def gather_entries(pyramid_BPHD: torch.Tensor, idx_BGS: torch.Tensor) -> torch.Tensor:
-    """Rows of a level-concatenated pyramid in selection order: [B, H, S, D] (differentiable)."""
-    B, P, H, D = pyramid_BPHD.shape
-    rows_BHS = entry_rows(idx_BGS, P, H)
-    flat = pyramid_BPHD.reshape(B * P * H, D).index_select(0, rows_BHS.view(-1))
-    return flat.view(B, H, idx_BGS.shape[-1], D)
