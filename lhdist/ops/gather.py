@@ -16,16 +16,6 @@ from lhdist.ops.pyramid import coarse_pyramid, unpool_coarse
 from lhdist.ops.spec import LighthouseSpec
 
 
-def entry_rows(idx_BGS: torch.Tensor, length: int, num_heads: int) -> torch.Tensor:
-    """Flat row of every (batch, head, entry) in a [B, length, H, D] tensor: int64 [B, H, S]."""
-    B, G, S = idx_BGS.shape
-    device = idx_BGS.device
-    batch_base = (torch.arange(B, device=device) * length).view(B, 1, 1)
-    rows_BGS = (idx_BGS + batch_base) * num_heads
-    heads = torch.arange(num_heads, device=device).view(1, num_heads, 1)
-    return rows_BGS.repeat_interleave(num_heads // G, dim=1) + heads
-
-
 class _PyramidGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BNHD, coarse_BPHD, idx_BGS, spec):

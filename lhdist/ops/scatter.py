@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from lhdist.ops.gather import entry_rows
-from lhdist.ops.kernels.rows import put_rows_, spread, take_rows, window_reduce
+from lhdist.ops.kernels.rows import entry_rows, put_rows_, spread, take_rows, window_reduce
 from lhdist.ops.spec import LighthouseSpec
 
 

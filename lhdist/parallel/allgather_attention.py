@@ -18,7 +18,8 @@ from torch import Tensor
 
 from lhdist.ops.attention_block import attention_block_backward, attention_with_lse, lse_dtype
 from lhdist.parallel.collectives import all_gather
-from lhdist.parallel.sharding import check_layout, local_chunk_ids
+from lhdist.parallel.ring_attention import _check_inputs
+from lhdist.parallel.sharding import local_chunk_ids
 
 
 class _PrefixCausalAttention(torch.autograd.Function):
@@ -79,7 +80,7 @@ def allgather_attention(
     q [B, S, H, D], k/v [B, S, G, D]: this rank's chunks in `layout` (as `ring_attention`).
     Returns [B, S, H, D], differentiable; the same result as `ring_attention` (to rounding).
     """
-    check_layout(layout)
+    _check_inputs(q, k, v, layout)
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)

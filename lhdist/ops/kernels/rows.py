@@ -122,15 +122,22 @@ def _(a, c, n_out, p, shift, offset, alpha):
 # --- take_rows / put_rows -------------------------------------------------------------------
 
 
-def _split_rows(idx_BGS: Tensor, N: int, Pc: int, H: int):
+def entry_rows(idx_BGS: Tensor, length: int, num_heads: int) -> Tensor:
+    """Flat row of every (batch, head, entry) in a [B, length, H, D] tensor: int64 [B, H, S]."""
     B, G, S = idx_BGS.shape
-    dev = idx_BGS.device
-    heads = torch.arange(H, device=dev).view(1, H, 1)
-    base = torch.arange(B, device=dev).view(B, 1, 1)
-    idx_BHS = idx_BGS.repeat_interleave(H // G, dim=1)
-    fine = ((base * N + idx_BHS.clamp(max=N - 1)) * H + heads).view(-1)
-    coarse = ((base * Pc + (idx_BHS - N).clamp(min=0, max=max(Pc - 1, 0))) * H + heads).view(-1)
-    return fine, coarse, (idx_BHS < N).view(-1)
+    device = idx_BGS.device
+    batch_base = (torch.arange(B, device=device) * length).view(B, 1, 1)
+    rows_BGS = (idx_BGS + batch_base) * num_heads
+    heads = torch.arange(num_heads, device=device).view(1, num_heads, 1)
+    return rows_BGS.repeat_interleave(num_heads // G, dim=1) + heads
+
+
+def _split_rows(idx_BGS: Tensor, N: int, Pc: int, H: int):
+    """Flat rows into the token and the coarse buffer (each valid where it applies), and which."""
+    fine = entry_rows(idx_BGS.clamp(max=N - 1), N, H).view(-1)
+    coarse = entry_rows((idx_BGS - N).clamp(min=0, max=max(Pc - 1, 0)), Pc, H).view(-1)
+    is_fine = (idx_BGS < N).repeat_interleave(H // idx_BGS.shape[1], dim=1).view(-1)
+    return fine, coarse, is_fine
 
 
 @torch.library.custom_op("lhdist::take_rows", mutates_args=())

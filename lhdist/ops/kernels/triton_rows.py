@@ -72,18 +72,24 @@ def spread_kernel(
 
 
 @triton.jit
+def _entries_of_program(idx_ptr, S, H: tl.constexpr, G: tl.constexpr, ROWS: tl.constexpr):
+    """This program's (batch b, head h, entry block s, in-range mask, pyramid indices)."""
+    bh = tl.program_id(0)  # b * H + h
+    b = bh // H
+    h = bh % H
+    s = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
+    ok = s < S
+    idx = tl.load(idx_ptr + (b * G + h // (H // G)) * S + s, mask=ok, other=0)
+    return b, h, s, ok, idx
+
+
+@triton.jit
 def take_rows_kernel(
     fine_ptr, coarse_ptr, idx_ptr, out_ptr, N, Pc, S,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)  # b * H + h
-    sb = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    g = h // (H // G)
-    s = sb * ROWS + tl.arange(0, ROWS)
-    ok = s < S
-    idx = tl.load(idx_ptr + (b * G + g) * S + s, mask=ok, other=0)
+    b, h, s, ok, idx = _entries_of_program(idx_ptr, S, H, G, ROWS)
+    bh = b * H + h
     is_fine = idx < N
     d = tl.arange(0, D)
     f_rows = ((b * N + idx) * H + h).to(tl.int64)
@@ -104,14 +110,8 @@ def put_rows_kernel(
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
     ACCUMULATE: tl.constexpr, FINE: tl.constexpr, COARSE: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
-    sb = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    g = h // (H // G)
-    s = sb * ROWS + tl.arange(0, ROWS)
-    ok = s < S
-    idx = tl.load(idx_ptr + (b * G + g) * S + s, mask=ok, other=0)
+    b, h, s, ok, idx = _entries_of_program(idx_ptr, S, H, G, ROWS)
+    bh = b * H + h
     is_fine = idx < N
     d = tl.arange(0, D)
     vals = tl.load(rows_ptr + (bh * S + s).to(tl.int64)[:, None] * D + d[None, :], mask=ok[:, None])
