@@ -7,8 +7,9 @@ scatter accumulates coarse to fine at block granularity (small tensors) and touc
 full-length output once; its adjoint sums blocks fine to coarse after one read of the gradient.
 No atomics in either direction: both are deterministic.
 
-Two entry points: `scatter_entries` (fused, single device) and `place_entries` + `spread_windows`
-+ `spill` (context parallel: a shard's last blocks spill into the next shard).
+Under context parallelism each sequence chunk scatters its own entries
+(`scatter_entries_with_spill`) and the spans of its last windows, which run past the chunk, are
+added to the next chunk's first positions (`add_halo_`).
 
 Legend: B batch, N sequence, P pyramid length, Pc = P - N, S selected length, H query heads,
 G kv heads, D head dim.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from lhdist.ops.kernels.rows import entry_rows, put_rows_, spread, take_rows, window_reduce
+from lhdist.ops.kernels.rows import put_rows_, spread, take_rows, window_reduce
 from lhdist.ops.spec import LighthouseSpec
 
 
@@ -45,25 +46,36 @@ def _block_sums(grad_BNHD: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
     return torch.cat(sums, dim=1)
 
 
+def _last_window_rows(spec: LighthouseSpec, seq_len: int) -> list[int]:
+    """Rows of the coarse buffer holding the last window of levels 2..L: the windows whose
+    spans run c_l - 1 positions past the end of the sequence (into the next CP shard)."""
+    lengths = spec.level_lengths(seq_len)[1:]
+    return [sum(lengths[: i + 1]) - 1 for i in range(len(lengths))]
+
+
 class _ScatterEntries(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, o_BHSD, idx_BGS, spec, seq_len):
+    def forward(ctx, o_BHSD, idx_BGS, spec, seq_len, with_spill):
         ctx.save_for_backward(idx_BGS)
-        ctx.spec = spec
+        ctx.spec, ctx.with_spill = spec, with_spill
         B, H, _, D = o_BHSD.shape
         p = spec.pooling_factor
         coarse = o_BHSD.new_zeros(B, sum(spec.level_lengths(seq_len)[1:]), H, D)
         none = o_BHSD.new_empty(0)
         put_rows_(o_BHSD, idx_BGS, none, coarse, seq_len, False, False, True)
+        spill = coarse[:, _last_window_rows(spec, seq_len)] if with_spill else none
         out = spread(None, _accumulate_blocks(coarse, seq_len, spec), seq_len, p, 1, 1, 1.0)
         put_rows_(o_BHSD, idx_BGS, out, none, seq_len, True, True, False)
-        return out
+        return out, spill
 
     @staticmethod
-    def backward(ctx, grad_BNHD):
+    def backward(ctx, grad_BNHD, grad_spill):
         (idx_BGS,) = ctx.saved_tensors
         grad_BNHD = grad_BNHD.contiguous()
-        return take_rows(grad_BNHD, _block_sums(grad_BNHD, ctx.spec), idx_BGS), None, None, None
+        sums = _block_sums(grad_BNHD, ctx.spec)
+        if ctx.with_spill:
+            sums[:, _last_window_rows(ctx.spec, grad_BNHD.shape[1])] += grad_spill
+        return take_rows(grad_BNHD, sums, idx_BGS), None, None, None, None
 
 
 def scatter_entries(
@@ -71,56 +83,23 @@ def scatter_entries(
 ) -> torch.Tensor:
     """Sum entry outputs [B, H, S, D] into token positions [B, N, H, D]; gradient: each entry
     receives the sum of the position gradients over its span."""
-    return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len)
+    return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len, False)[0]
 
 
-# --- the same in two steps, for context parallelism ------------------------------------------
+def scatter_entries_with_spill(
+    o_BHSD: torch.Tensor, idx_BGS: torch.Tensor, spec: LighthouseSpec, seq_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scatter_entries` of one CP chunk, plus its spill [B, L-1, H, D]: the outputs of the last
+    window of levels 2..L, which the next chunk adds to its first positions (`add_halo_`)."""
+    return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len, True)
 
 
-def place_rows(values_RD: torch.Tensor, rows_R: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """A [num_rows, D] buffer of zeros with `values_RD` written at the distinct `rows_R`.
-
-    Differentiable in `values_RD` (the gradient is the gather of those rows)."""
-    return values_RD.new_zeros(num_rows, values_RD.shape[-1]).index_copy(0, rows_R, values_RD)
-
-
-def place_entries(o_BHSD: torch.Tensor, idx_BGS: torch.Tensor, pyramid_len: int) -> torch.Tensor:
-    """Output of every pyramid row's entry, zero where unselected: [B, P, H, D]."""
-    B, H, S, D = o_BHSD.shape
-    rows = entry_rows(idx_BGS, pyramid_len, H).view(-1)
-    win = place_rows(o_BHSD.reshape(B * H * S, D), rows, B * pyramid_len * H)
-    return win.view(B, pyramid_len, H, D)
-
-
-class _SpreadWindows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, win_BPHD, spec, seq_len):
-        ctx.spec = spec
-        acc = _accumulate_blocks(win_BPHD[:, seq_len:], seq_len, spec)
-        return spread(win_BPHD[:, :seq_len], acc, seq_len, spec.pooling_factor, 1, 1, 1.0)
-
-    @staticmethod
-    def backward(ctx, grad_BNHD):
-        return torch.cat([grad_BNHD, _block_sums(grad_BNHD, ctx.spec)], dim=1), None, None
-
-
-def spread_windows(win_BPHD: torch.Tensor, spec: LighthouseSpec, seq_len: int) -> torch.Tensor:
-    """Window outputs [B, P, H, D] -> position outputs [B, N, H, D] (spans clipped to N);
-    gradient: every window receives the sum of the position gradients over its span."""
-    return _SpreadWindows.apply(win_BPHD, spec, seq_len)
-
-
-def spill(win_BPHD: torch.Tensor, spec: LighthouseSpec, seq_len: int) -> torch.Tensor:
-    """Outputs [B, L-1, H, D] of the last window of levels 2..L, whose spans run c_l - 1
-    positions past the end of this sequence (into the next shard)."""
-    lengths, offsets = spec.level_lengths(seq_len), spec.level_offsets(seq_len)
-    last = [offsets[lvl] + lengths[lvl] - 1 for lvl in range(1, spec.num_levels)]
-    return win_BPHD[:, last]
-
-
-def add_spill(out_BNHD: torch.Tensor, spill_BLHD: torch.Tensor, spec: LighthouseSpec):
-    """`out` plus the previous shard's spill on its first c_l - 1 positions (level l = 2..L)."""
-    out_BNHD = out_BNHD.clone()
+def add_halo_(out_BNHD: torch.Tensor, prev_spill_BLHD: torch.Tensor, spec: LighthouseSpec):
+    """In place: the previous chunk's spill added to this chunk's first c_l - 1 positions
+    (level l = 2..L). Touches only the first c_L - 1 rows; returns `out_BNHD`."""
+    B, _, H, D = out_BNHD.shape
+    halo = out_BNHD.new_zeros(B, spec.coarsest_window - 1, H, D)
     for level in range(2, spec.num_levels + 1):
-        out_BNHD[:, : spec.window(level) - 1] += spill_BLHD[:, level - 2].unsqueeze(1)
+        halo[:, : spec.window(level) - 1] += prev_spill_BLHD[:, level - 2].unsqueeze(1)
+    out_BNHD[:, : spec.coarsest_window - 1] += halo
     return out_BNHD

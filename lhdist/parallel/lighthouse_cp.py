@@ -1,20 +1,26 @@
 """Lighthouse attention over a sequence sharded across a CP group, exactly equal to the
 single-device op on the whole sequence.
 
-Legend: B batch, N global sequence, N_c chunk length, P_c chunk pyramid length, S selected length
-(global), S_loc this rank's share of the gathered sequence, H query heads, G kv heads, D head dim,
-W group size, R rows.
+Legend: B batch, N global sequence, n chunks per rank, N_c chunk length, Bn = B*n (a rank's
+chunks side by side as a batch), Pc coarse pyramid length of a chunk, S selected length
+(global), S_c its share per chunk, S_loc = n*S_c this rank's share, H query heads, G kv heads,
+D head dim, W group size, R rows.
 
-Both modes cut the gathered sequence into the layout's chunks and attend it causally across
-ranks (k/v of the short gathered sequence all-gathered, or `ring_attention`):
-  tile:   tiles lie inside sequence chunks, so each chunk selects alone and contributes S/chunks
-          entries; chunk-wise gathered sequences in global order are the single-device one.
+A rank's chunks are contiguous in its shard, so [B, n*N_c, ...] is viewed as a batch of chunks
+[Bn, N_c, ...] at no cost: the pyramid, scores, gather and scatter run once over all of them
+with the single-device kernels, touching the full-length tensors as often as one device does.
+
+  tile:   tiles lie inside chunks, so each chunk selects alone (`select_and_gather` on the
+          chunk batch) and contributes S_c entries; the chunks' gathered sequences in global
+          order are the single-device one, attended causally across ranks (`ring_attention`,
+          or k/v of the short gathered sequence all-gathered).
   global: one cascade over the whole sequence; level by level the scores of the candidate
           windows are exchanged (each owner fills its own, zeros elsewhere, summed), every rank
           computes the same top-k, and q/k/v rows move to the rank that attends them
           (all-to-all), outputs come back the same way.
-Then every chunk scatters its windows' outputs, and the part of each level's last span that
-runs past the chunk (a halo of L-1 rows) is added to the next chunk's first positions.
+Then every chunk scatters its entries' outputs, and the spans of its last windows (one per
+level 2..L) that run past the chunk are added to the next chunk's first positions: a halo of
+L-1 rows per chunk, all-gathered.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lhdist.ops.flat_rows import FlatEntries, gather_flat, scatter_flat_with_spill
 from lhdist.ops.lighthouse import select_and_gather
-from lhdist.ops.pyramid import group_query_scores, key_scores, pool_pyramid, score_pyramid
-from lhdist.ops.scatter import add_spill, place_entries, place_rows, spill, spread_windows
+from lhdist.ops.pyramid import coarse_pyramid, group_max, score_pyramid
+from lhdist.ops.scatter import add_halo_, scatter_entries_with_spill
 from lhdist.ops.selection import cascade
 from lhdist.ops.spec import TILE_BUDGET, LighthouseSpec, check_qkv
 from lhdist.parallel.allgather_attention import allgather_attention
@@ -35,7 +42,7 @@ from lhdist.parallel.collectives import (
     check_same_across_ranks,
     reduce_scatter,
 )
-from lhdist.parallel.ring_attention import ring_attention
+from lhdist.parallel.ring_attention import ring_attention_heads_first
 from lhdist.parallel.sharding import LAYOUTS, check_layout, local_chunk_ids, num_chunks
 
 ATTENTIONS = ("allgather", "ring")
@@ -105,30 +112,37 @@ def lighthouse_cp_attention(
     _check_layout_fits(spec, N, chunks, layout)
     N_c = N // chunks
     my_chunks = local_chunk_ids(rank, world, layout)
-    split = lambda t: t.split(N_c, dim=1)  # noqa: E731  this rank's chunks, local order
+    B, _, H, D = q.shape
+    n = len(my_chunks)
+    as_chunks = lambda t: t.reshape(B * n, N_c, *t.shape[2:])  # noqa: E731  a free view
 
     if spec.selection == "tile":
         chunk_spec = LighthouseSpec(
             spec.num_levels, spec.pooling_factor, spec.topk // chunks, "tile", spec.scorer
         )
-        wins = _tile_chunks(split(q), split(k), split(v), chunk_spec, group, layout, attention)
+        out, spill = _tile(as_chunks(q), as_chunks(k), as_chunks(v), chunk_spec, n, group,
+                           layout, attention)  # fmt: skip
     else:
-        wins = _global_chunks(
-            split(q), split(k), split(v), spec, N, my_chunks, group, layout, attention
+        out, spill = _global(
+            as_chunks(q), as_chunks(k), as_chunks(v), spec, N, my_chunks, group, layout, attention
         )
+    _add_previous_spill_(out, spill, spec, B, my_chunks, world, group, layout)
+    return out.view(B, N_local, H, D)
 
-    # Scatter each chunk, then add the previous chunk's spill (the halo) to its first positions.
-    outs = [spread_windows(win, spec, N_c) for win in wins]
-    spills_local = torch.stack([spill(win, spec, N_c) for win in wins])
-    spills = all_gather(spills_local, dim=0, group=group) if world > 1 else spills_local
+
+def _add_previous_spill_(out, spill, spec, B, my_chunks, world, group, layout) -> None:
+    """Each chunk's output [Bn, N_c, H, D] += the spill of the chunk before it (in place)."""
+    n = len(my_chunks)
+    L1, H, D = spill.shape[1:]
+    spills_local = spill.view(B, n, L1, H, D).transpose(0, 1)  # [n, B, L-1, H, D]
+    spills = all_gather(spills_local.contiguous(), 0, group) if world > 1 else spills_local
     # Row 0 is the (empty) spill before chunk 0. Every rank reads through the gathered tensor,
     # so every rank runs its backward (a collective) even when it has no previous chunk.
     spills = torch.cat([torch.zeros_like(spills[:1]), spills])
     order = [c for r in range(world) for c in local_chunk_ids(r, world, layout)]
     prev_rows = torch.tensor([order.index(c - 1) + 1 if c > 0 else 0 for c in my_chunks])
-    prev_spills = spills[prev_rows.to(spills.device)]
-    outs = [add_spill(out, prev_spills[j], spec) for j, out in enumerate(outs)]
-    return torch.cat(outs, dim=1)
+    prev = spills[prev_rows.to(spills.device)].transpose(0, 1).reshape(B * n, L1, H, D)
+    add_halo_(out, prev, spec)
 
 
 def _check_same_call(q, k, spec, layout, group) -> None:
@@ -143,29 +157,39 @@ def _check_same_call(q, k, spec, layout, group) -> None:
     )  # fmt: skip
 
 
-def _attend(q_BSHD, k_BSGD, v_BSGD, group, layout, attention):
+def _attend(q_BHSD, k_BGSD, v_BGSD, group, layout, attention):
     if group is None and not dist.is_initialized():
         return torch.nn.functional.scaled_dot_product_attention(
-            q_BSHD.transpose(1, 2), k_BSGD.transpose(1, 2), v_BSGD.transpose(1, 2),
-            is_causal=True, enable_gqa=q_BSHD.shape[2] != k_BSGD.shape[2],
-        ).transpose(1, 2)  # fmt: skip
+            q_BHSD, k_BGSD, v_BGSD, is_causal=True, enable_gqa=q_BHSD.shape[1] != k_BGSD.shape[1]
+        )
     if attention == "allgather":
-        return allgather_attention(q_BSHD, k_BSGD, v_BSGD, group=group, layout=layout)
-    return ring_attention(q_BSHD, k_BSGD, v_BSGD, group=group, layout=layout, causal=True)
+        qkv = (x.transpose(1, 2) for x in (q_BHSD, k_BGSD, v_BGSD))
+        return allgather_attention(*qkv, group=group, layout=layout).transpose(1, 2)
+    return ring_attention_heads_first(q_BHSD, k_BGSD, v_BGSD, group, layout, causal=True)
 
 
-def _tile_chunks(qs, ks, vs, chunk_spec, group, layout, attention) -> list[Tensor]:
-    """Tile mode: select, gather and (after the ring) place per chunk; window outputs per chunk."""
-    per_chunk = [select_and_gather(q, k, v, chunk_spec) for q, k, v in zip(qs, ks, vs)]
-    idxs = [chunk[3] for chunk in per_chunk]
-    q_BSHD, k_BSGD, v_BSGD = (
-        torch.cat([chunk[i] for chunk in per_chunk], dim=2).transpose(1, 2) for i in range(3)
-    )
-    o_BHSD = _attend(q_BSHD, k_BSGD, v_BSGD, group, layout, attention).transpose(1, 2)
-    N_c = qs[0].shape[1]
-    P_c = sum(chunk_spec.level_lengths(N_c))
-    o_chunks = o_BHSD.split(idxs[0].shape[-1], dim=2)
-    return [place_entries(o, i, P_c) for o, i in zip(o_chunks, idxs)]
+def _chunks_to_seq(x_BnHSD: Tensor, n: int) -> Tensor:
+    """[Bn, heads, S_c, D] -> [B, heads, n*S_c, D]: this rank's chunks in local order."""
+    Bn, h, S_c, D = x_BnHSD.shape
+    if n == 1:
+        return x_BnHSD
+    return x_BnHSD.view(Bn // n, n, h, S_c, D).transpose(1, 2).reshape(Bn // n, h, n * S_c, D)
+
+
+def _seq_to_chunks(x_BHSD: Tensor, n: int) -> Tensor:
+    """Inverse of `_chunks_to_seq`."""
+    B, h, S, D = x_BHSD.shape
+    if n == 1:
+        return x_BHSD
+    return x_BHSD.view(B, h, n, S // n, D).transpose(1, 2).reshape(B * n, h, S // n, D)
+
+
+def _tile(q_c, k_c, v_c, chunk_spec, n, group, layout, attention) -> tuple[Tensor, Tensor]:
+    """Tile mode: every chunk selects and gathers alone; (out [Bn, N_c, H, D], spill)."""
+    q_sel, k_sel, v_sel, idx_BnGS = select_and_gather(q_c, k_c, v_c, chunk_spec)
+    o_BHSD = _attend(*(_chunks_to_seq(x, n) for x in (q_sel, k_sel, v_sel)), group, layout,
+                     attention)  # fmt: skip
+    return scatter_entries_with_spill(_seq_to_chunks(o_BHSD, n), idx_BnGS, chunk_spec, q_c.shape[1])
 
 
 def _exchange_scores(local_BGXC: Tensor, group) -> Tensor:
@@ -178,21 +202,25 @@ def _exchange_scores(local_BGXC: Tensor, group) -> Tensor:
     return summed[: local_BGXC.numel()].view(local_BGXC.shape)
 
 
-def _global_chunks(qs, ks, vs, spec, N, my_chunks, group, layout, attention) -> list[Tensor]:
-    """Global mode: one cascade over all chunks, rows moved to the attending rank and back."""
+def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tuple[Tensor, Tensor]:
+    """Global mode: one cascade over all chunks, rows moved to the attending rank and back;
+    (out [Bn, N_c, H, D], spill)."""
     world = dist.get_world_size(group) if group is not None or dist.is_initialized() else 1
     rank = dist.get_rank(group) if world > 1 else 0
-    B, N_c, H, D = qs[0].shape
-    G = ks[0].shape[2]
-    device = qs[0].device
+    Bn, N_c, H, D = q_c.shape
+    G, n = k_c.shape[2], len(my_chunks)
+    B = Bn // n
+    device = q_c.device
     chunks = num_chunks(world, layout)
-    P_c = sum(spec.level_lengths(N_c))
-    n_local = len(my_chunks)
 
     # --- selection: candidate scores are filled by their owner and exchanged, level by level.
     with torch.no_grad():
-        sq_levels = [score_pyramid(group_query_scores(q, G), spec) for q in qs]
-        sk_levels = [score_pyramid(key_scores(k), spec) for k in ks]
+        # One read of q and k gives their coarse levels (gathered below) and their scores.
+        q_coarse, q_norms = coarse_pyramid(q_c.detach(), spec, with_norms=True)
+        k_coarse, k_norms = coarse_pyramid(k_c.detach(), spec, with_norms=True)
+        v_coarse, _ = coarse_pyramid(v_c.detach(), spec)
+        sq_levels = score_pyramid(group_max(q_norms, G), spec)  # [Bn, G, N_c / c_l]
+        sk_levels = score_pyramid(k_norms.transpose(1, 2), spec)
 
     def fetch(level: int, cand: Tensor):
         per_chunk = N_c // spec.window(level)
@@ -201,8 +229,9 @@ def _global_chunks(qs, ks, vs, spec, N, my_chunks, group, layout, attention) -> 
         for j, chunk in enumerate(my_chunks):
             mine = owner_chunk == chunk
             at = (cand - chunk * per_chunk).clamp(0, per_chunk - 1).reshape(B, G, -1)
-            for which, levels in enumerate((sq_levels[j], sk_levels[j])):
-                vals = levels[level - 1].gather(2, at).view(cand.shape)
+            for which, levels in enumerate((sq_levels, sk_levels)):
+                scores = levels[level - 1].view(B, n, G, per_chunk)[:, j]
+                vals = scores.gather(2, at).view(cand.shape)
                 local[which] = torch.where(mine, vals, local[which])
         both = _exchange_scores(local, group) if world > 1 else local
         return both[0], both[1]
@@ -211,59 +240,73 @@ def _global_chunks(qs, ks, vs, spec, N, my_chunks, group, layout, attention) -> 
     S = idx_BGS.shape[-1]
     S_c = S // chunks
 
-    # --- where every entry lives (owner rank, row of its local pyramid) and is attended.
-    offsets, offsets_c = spec.level_offsets(N), spec.level_offsets(N_c)
+    # --- where every entry lives (owner rank, chunk slot, row) and is attended.
+    offsets = spec.level_offsets(N)
     level0 = torch.bucketize(idx_BGS, torch.tensor(offsets[1:], device=device), right=True)
     window = idx_BGS - torch.tensor(offsets, device=device)[level0]
     size = spec.pooling_factor**level0  # window size of each entry
     owner_chunk = window * size // N_c
     owner, owner_slot = _chunk_rank_slot(owner_chunk, world, layout)
-    pyr_row = (
-        owner_slot * P_c
-        + torch.tensor(offsets_c, device=device)[level0]
-        + window
-        - owner_chunk * (N_c // size)
+    local_window = window - owner_chunk * (N_c // size)
+    coarse_offsets = [max(o - N_c, 0) for o in spec.level_offsets(N_c)]  # in the coarse pyramid
+    Pc = sum(spec.level_lengths(N_c)[1:])
+    b_idx = torch.arange(B, device=device).view(B, 1, 1)
+    g_idx = torch.arange(G, device=device).view(1, G, 1)
+    chunk_row = b_idx * n + owner_slot  # row of the chunk batch
+    is_fine = level0 == 0
+    flat_row = torch.where(
+        is_fine,
+        (chunk_row * N_c + local_window) * G + g_idx,
+        (chunk_row * Pc + torch.tensor(coarse_offsets, device=device)[level0] + local_window) * G
+        + g_idx,
     )
     share_chunk = torch.arange(S, device=device) // S_c
     dest, dest_slot = _chunk_rank_slot(share_chunk, world, layout)
     share_pos = dest_slot * S_c + torch.arange(S, device=device) % S_c  # [S]
-    S_loc = n_local * S_c
-
-    flat_b = torch.arange(B, device=device).view(B, 1, 1).expand(B, G, S)
-    flat_g = torch.arange(G, device=device).view(1, G, 1).expand(B, G, S)
+    S_loc = n * S_c
     dest_BGS = dest.expand(B, G, S)
     flat_id = torch.arange(B * G * S, device=device).view(B, G, S)
 
     # Send side: my entries, ordered by (destination, flat id); receive side: entries attended
     # here, ordered by (owner, flat id). Both sides derive both orders, so no index travels.
-    sent = (owner == rank).reshape(-1)
-    send_ids = flat_id.reshape(-1)[sent]
+    send_ids = flat_id.reshape(-1)[(owner == rank).reshape(-1)]
     send_ids = send_ids[torch.argsort(dest_BGS.reshape(-1)[send_ids], stable=True)]
     send_counts = torch.bincount(dest_BGS.reshape(-1)[send_ids], minlength=world).tolist()
-    recv = (dest_BGS == rank).reshape(-1)
-    recv_ids = flat_id.reshape(-1)[recv]
+    recv_ids = flat_id.reshape(-1)[(dest_BGS == rank).reshape(-1)]
     recv_ids = recv_ids[torch.argsort(owner.reshape(-1)[recv_ids], stable=True)]
     recv_counts = torch.bincount(owner.reshape(-1)[recv_ids], minlength=world).tolist()
 
-    b_s, g_s = flat_b.reshape(-1)[send_ids], flat_g.reshape(-1)[send_ids]
-    pyr_rows = (b_s * n_local * P_c + pyr_row.reshape(-1)[send_ids]) * G + g_s
-    b_r, g_r = flat_b.reshape(-1)[recv_ids], flat_g.reshape(-1)[recv_ids]
-    share_rows = (b_r * S_loc + share_pos.expand(B, G, S).reshape(-1)[recv_ids]) * G + g_r
-
-    def rows_of(xs, width):  # this rank's chunk pyramids as rows of one kv group each
-        pyr = torch.cat([pool_pyramid(x, spec) for x in xs], dim=1)
-        return pyr.reshape(B * n_local * P_c * G, width)
+    fine_sent = is_fine.reshape(-1)[send_ids]
+    rows_sent = flat_row.reshape(-1)[send_ids]
+    fine_pos, coarse_pos = fine_sent.nonzero().squeeze(1), (~fine_sent).nonzero().squeeze(1)
+    mine = FlatEntries(
+        fine_pos, rows_sent[fine_pos], coarse_pos, rows_sent[coarse_pos], len(send_ids)
+    )
+    b_r = recv_ids // (G * S)
+    g_r = recv_ids // S % G
+    share_rows = (b_r * S_loc + share_pos[recv_ids % S]) * G + g_r
 
     hd = H // G * D
     payload = torch.cat(
-        [rows_of(qs, hd)[pyr_rows], rows_of(ks, D)[pyr_rows], rows_of(vs, D)[pyr_rows]], dim=1
+        [
+            gather_flat(q_c, q_coarse, mine, G, spec),
+            gather_flat(k_c, k_coarse, mine, G, spec),
+            gather_flat(v_c, v_coarse, mine, G, spec),
+        ],
+        dim=1,
     )
     received = all_to_all(payload, send_counts, recv_counts, group) if world > 1 else payload
-    share = place_rows(received, share_rows, B * S_loc * G).view(B, S_loc, G, hd + 2 * D)
-    q_BSHD = share[..., :hd].reshape(B, S_loc, H, D)
-    k_BSGD, v_BSGD = share[..., hd : hd + D], share[..., hd + D :]
-    o_BSHD = _attend(q_BSHD, k_BSGD, v_BSGD, group, layout, attention)
-    o_rows = o_BSHD.reshape(B * S_loc * G, hd)[share_rows]
+    share = _place_rows(received, share_rows, B * S_loc * G).view(B, S_loc, G, hd + 2 * D)
+    q_BHSD = share[..., :hd].reshape(B, S_loc, H, D).transpose(1, 2)
+    k_BGSD = share[..., hd : hd + D].transpose(1, 2)
+    v_BGSD = share[..., hd + D :].transpose(1, 2)
+    o_BHSD = _attend(q_BHSD, k_BGSD, v_BGSD, group, layout, attention)
+    o_rows = o_BHSD.transpose(1, 2).reshape(B * S_loc * G, hd)[share_rows]
     back = all_to_all(o_rows, recv_counts, send_counts, group) if world > 1 else o_rows
-    win = place_rows(back, pyr_rows, B * n_local * P_c * G).view(B, n_local * P_c, H, D)
-    return list(win.split(P_c, dim=1))
+    return scatter_flat_with_spill(back, mine, (Bn, N_c, H, D), spec)
+
+
+def _place_rows(values_RX: Tensor, rows_R: Tensor, num_rows: int) -> Tensor:
+    """A [num_rows, X] buffer of zeros with `values_RX` written at the distinct `rows_R`;
+    differentiable (the gradient is the gather of those rows)."""
+    return values_RX.new_zeros(num_rows, values_RX.shape[-1]).index_copy(0, rows_R, values_RX)

@@ -86,14 +86,14 @@ def _merge_block(
 
 
 class _RingAttention(torch.autograd.Function):
-    """Our ring over `group`; see the module docstring. Inputs and output are [B, S, heads, D]."""
+    """Our ring over `group`; see the module docstring. Inputs and output are [B, heads, S, D]."""
 
     @staticmethod
     def forward(
         ctx,
-        q_BSHD: Tensor,
-        k_BSGD: Tensor,
-        v_BSGD: Tensor,
+        q_BHSD: Tensor,
+        k_BGSD: Tensor,
+        v_BGSD: Tensor,
         group,
         layout: str,
         causal: bool,
@@ -102,13 +102,12 @@ class _RingAttention(torch.autograd.Function):
         comm = RingComm(group, phase="forward")
         rank, world = comm.rank, comm.world_size
         my_chunks = local_chunk_ids(rank, world, layout)
-        chunk_len = q_BSHD.shape[1] // len(my_chunks)
-        q_BHSD = q_BSHD.transpose(1, 2)
-        kv_2BGSD = torch.stack([k_BSGD.transpose(1, 2), v_BSGD.transpose(1, 2)])
+        chunk_len = q_BHSD.shape[2] // len(my_chunks)
+        kv_2BGSD = torch.stack([k_BGSD, v_BGSD])
         B, H, S, D = q_BHSD.shape
-        acc = lse_dtype(q_BSHD.dtype)
-        out_acc = torch.zeros(B, H, S, D, dtype=acc, device=q_BSHD.device)
-        lse_acc = torch.full((B, H, S), float("-inf"), dtype=acc, device=q_BSHD.device)
+        acc = lse_dtype(q_BHSD.dtype)
+        out_acc = torch.zeros(B, H, S, D, dtype=acc, device=q_BHSD.device)
+        lse_acc = torch.full((B, H, S), float("-inf"), dtype=acc, device=q_BHSD.device)
 
         for step in range(world):
             transfer = comm.start(kv_2BGSD, _KV_TAG) if step + 1 < world else None
@@ -127,30 +126,28 @@ class _RingAttention(torch.autograd.Function):
             if transfer is not None:
                 kv_2BGSD = transfer.wait()
 
-        out_BHSD = out_acc.to(q_BSHD.dtype)
-        ctx.save_for_backward(q_BSHD, k_BSGD, v_BSGD, out_BHSD, lse_acc)
+        out_BHSD = out_acc.to(q_BHSD.dtype)
+        ctx.save_for_backward(q_BHSD, k_BGSD, v_BGSD, out_BHSD, lse_acc)
         ctx.group, ctx.layout, ctx.causal, ctx.scale = group, layout, causal, scale
         ctx.stats = comm.stats
-        return out_BHSD.transpose(1, 2).contiguous()
+        return out_BHSD
 
     @staticmethod
-    def backward(ctx, grad_out_BSHD: Tensor):
-        q_BSHD, k_BSGD, v_BSGD, out_BHSD, lse_BHS = ctx.saved_tensors
+    def backward(ctx, do_BHSD: Tensor):
+        q_BHSD, k_BGSD, v_BGSD, out_BHSD, lse_BHS = ctx.saved_tensors
         comm = RingComm(ctx.group, phase="backward", stats=ctx.stats)
         rank, world = comm.rank, comm.world_size
         my_chunks = local_chunk_ids(rank, world, ctx.layout)
-        chunk_len = q_BSHD.shape[1] // len(my_chunks)
-        q_BHSD = q_BSHD.transpose(1, 2)
-        do_BHSD = grad_out_BSHD.transpose(1, 2)
-        kv_2BGSD = torch.stack([k_BSGD.transpose(1, 2), v_BSGD.transpose(1, 2)])
+        chunk_len = q_BHSD.shape[2] // len(my_chunks)
+        kv_2BGSD = torch.stack([k_BGSD, v_BGSD])
         acc = lse_BHS.dtype
-        dq_BHSD = torch.zeros(q_BHSD.shape, dtype=acc, device=q_BSHD.device)
+        dq_BHSD = torch.zeros(q_BHSD.shape, dtype=acc, device=q_BHSD.device)
         dkv_transfer = None
 
         for step in range(world):
             kv_transfer = comm.start(kv_2BGSD, _KV_TAG) if step + 1 < world else None
             src_chunks = local_chunk_ids((rank - step) % world, world, ctx.layout)
-            dkv_2BGSD = torch.zeros(kv_2BGSD.shape, dtype=acc, device=q_BSHD.device)
+            dkv_2BGSD = torch.zeros(kv_2BGSD.shape, dtype=acc, device=q_BHSD.device)
             for blk in _plan_blocks(my_chunks, src_chunks, ctx.causal):
                 rows = slice(blk.q_lo * chunk_len, blk.q_hi * chunk_len)
                 cols = slice(blk.kv_lo * chunk_len, blk.kv_hi * chunk_len)
@@ -177,10 +174,9 @@ class _RingAttention(torch.autograd.Function):
 
         if dkv_transfer is not None:  # the last hop brings our own block's accumulator home
             dkv_2BGSD = dkv_transfer.wait()
-        dq_BSHD = dq_BHSD.transpose(1, 2).to(q_BSHD.dtype)
-        dk_BSGD = dkv_2BGSD[0].transpose(1, 2).to(k_BSGD.dtype)
-        dv_BSGD = dkv_2BGSD[1].transpose(1, 2).to(v_BSGD.dtype)
-        return dq_BSHD, dk_BSGD, dv_BSGD, None, None, None, None
+        dq = dq_BHSD.to(q_BHSD.dtype)
+        dk, dv = dkv_2BGSD[0].to(k_BGSD.dtype), dkv_2BGSD[1].to(v_BGSD.dtype)
+        return dq, dk, dv, None, None, None, None
 
 
 _SHAPE_NAMES = {t: [f"{t}.ndim", *(f"{t}.shape[{i}]" for i in range(4))] for t in "qkv"}
@@ -233,16 +229,37 @@ def ring_attention(
     Every rank of `group` must call it with the same shapes and arguments; a mismatch raises
     ValueError on every rank (checked once per distinct configuration).
     """
+    return _ring(q, k, v, group, layout, causal, scale, impl, heads_first=False)
+
+
+def ring_attention_heads_first(
+    q_BHSD: Tensor,
+    k_BGSD: Tensor,
+    v_BGSD: Tensor,
+    group: dist.ProcessGroup | None,
+    layout: str = "zigzag",
+    causal: bool = True,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> Tensor:
+    """`ring_attention` on [B, heads, S, D] tensors (out [B, H, S, D]): the layout the SDPA
+    kernels read, so a caller that has it (Lighthouse's gathered rows) needs no transposes."""
+    return _ring(q_BHSD, k_BGSD, v_BGSD, group, layout, causal, scale, impl, heads_first=True)
+
+
+def _ring(q, k, v, group, layout, causal, scale, impl, heads_first: bool) -> Tensor:
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} must be one of {IMPLS}")
+    # Checks and the flash adapter speak [B, S, heads, D]; transposes here are views.
+    q_BSHD, k_BSGD, v_BSGD = (x.transpose(1, 2) for x in (q, k, v)) if heads_first else (q, k, v)
     use_flash = impl == "ring_flash_attn" or (
-        impl == "auto" and ring_flash_adapter.applies(q, k, layout, causal)
+        impl == "auto" and ring_flash_adapter.applies(q_BSHD, k_BSGD, layout, causal)
     )
     check_same_across_ranks(
         [
-            *_shape_code(q),
-            *_shape_code(k),
-            *_shape_code(v),
+            *_shape_code(q_BSHD),
+            *_shape_code(k_BSGD),
+            *_shape_code(v_BSGD),
             LAYOUTS.index(layout) if layout in LAYOUTS else -1,
             causal,
             _DTYPE_CODES.get(q.dtype, 99),
@@ -261,8 +278,13 @@ def ring_attention(
         ],
         once_per_config=True,
     )
-    _check_inputs(q, k, v, layout)
+    _check_inputs(q_BSHD, k_BSGD, v_BSGD, layout)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if use_flash:
-        return ring_flash_adapter.ring_flash_attention(q, k, v, group, layout, causal, scale)
-    return _RingAttention.apply(q, k, v, group, layout, causal, scale)
+        out_BSHD = ring_flash_adapter.ring_flash_attention(
+            q_BSHD, k_BSGD, v_BSGD, group, layout, causal, scale
+        )
+        return out_BSHD.transpose(1, 2) if heads_first else out_BSHD
+    q_BHSD, k_BGSD, v_BGSD = (q, k, v) if heads_first else (x.transpose(1, 2) for x in (q, k, v))
+    out_BHSD = _RingAttention.apply(q_BHSD, k_BGSD, v_BGSD, group, layout, causal, scale)
+    return out_BHSD if heads_first else out_BHSD.transpose(1, 2)

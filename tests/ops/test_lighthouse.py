@@ -127,24 +127,34 @@ def test_spec_from_golden_shape_is_selected_length():
 
 
 def test_spill_continues_scatter_across_a_split():
-    """Scatter of two halves, with the first half's spill added to the second, equals the whole."""
-    from lhdist.ops.scatter import add_spill, place_entries, spill, spread_windows
+    """Two halves, each selecting and scattering alone (the CP tile path), with the first half's
+    spill added to the second, equal the whole sequence's scatter, forward and backward."""
+    from lhdist.ops.scatter import add_halo_, scatter_entries_with_spill
 
-    case = GRID[1]
+    case = GRID[1]  # tile mode, 2 tiles: one per half
     spec, N = case.spec, case.N
+    half_spec = LighthouseSpec(spec.num_levels, spec.pooling_factor, spec.topk // 2, "tile")
     q, k, _ = make_qkv(case, seed=21)
-    idx = lighthouse_select(q, k, spec)
-    o = torch.randn(case.B, case.H, idx.shape[-1], case.D, dtype=torch.float64)
-    whole = scatter_entries(o, idx, spec, N)
-    win = place_entries(o, idx, sum(spec.level_lengths(N)))
+    S = spec.selected_length(N)
+    o = torch.randn(case.B, case.H, S, case.D, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(case.B, N, case.H, case.D, dtype=torch.float64)
+
+    whole = scatter_entries(o, lighthouse_select(q, k, spec), spec, N)
+    (o_grad_whole,) = torch.autograd.grad(whole, o, grad)
+
     half = N // 2
-    halves = []
-    for part in range(2):  # the pyramid of each half: its rows of every level
-        rows = [
-            win[:, off + part * n // 2 : off + (part + 1) * n // 2]
-            for off, n in zip(spec.level_offsets(N), spec.level_lengths(N))
-        ]
-        halves.append(torch.cat(rows, dim=1))
-    first = spread_windows(halves[0], spec, half)
-    second = add_spill(spread_windows(halves[1], spec, half), spill(halves[0], spec, half), spec)
-    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, atol=1e-12, rtol=0)
+    halves = [
+        scatter_entries_with_spill(
+            o[:, :, part * S // 2 : (part + 1) * S // 2],
+            lighthouse_select(q[:, part * half : (part + 1) * half],
+                              k[:, part * half : (part + 1) * half], half_spec),
+            half_spec,
+            half,
+        )
+        for part in range(2)
+    ]  # fmt: skip
+    second = add_halo_(halves[1][0].clone(), halves[0][1], spec)
+    split = torch.cat([halves[0][0], second], dim=1)
+    torch.testing.assert_close(split, whole, atol=1e-12, rtol=0)
+    (o_grad_split,) = torch.autograd.grad(split, o, grad)
+    torch.testing.assert_close(o_grad_split, o_grad_whole, atol=1e-12, rtol=0)

@@ -1,0 +1,107 @@
+"""Gather and scatter of pyramid rows addressed one by one, for global selection under CP.
+
+A rank of global-mode context parallelism owns a varying number of selected entries per head
+(the budget goes where the scores are), so its entries cannot be the [B, G, S] index tensor of
+`take_rows` / `put_rows_`. Here every entry is one row of a flat view instead: a row of one kv
+group, `hd = (H/G) * D` wide, in the token tensor [B, N, heads, D] or the coarse pyramid
+[B, Pc, heads, D], i.e. flat row `(b * length + position) * G + g`. The caller passes, for the
+token and the coarse rows separately, where each entry sits in the list (`*_pos`) and which row
+it is (`*_rows`); rows are unique, so the index writes below never collide (deterministic).
+
+The full-length work is the same as the single-device op's: the gather's adjoint unpools coarse
+gradients in one pass (`unpool_coarse`), the scatter spreads coarse outputs in one pass.
+
+Legend: B batch, N sequence (one chunk), Pc coarse pyramid length, R entries, H heads, G kv
+heads, D head dim, hd = (H/G) * D.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lhdist.ops.kernels.rows import spread
+from lhdist.ops.pyramid import unpool_coarse
+from lhdist.ops.scatter import _accumulate_blocks, _block_sums, _last_window_rows
+from lhdist.ops.spec import LighthouseSpec
+
+
+@dataclass(frozen=True)
+class FlatEntries:
+    """R entries as flat rows: token entries at list positions `fine_pos` are rows `fine_rows`
+    of the token tensor, coarse ones at `coarse_pos` rows `coarse_rows` of the coarse pyramid."""
+
+    fine_pos: Tensor
+    fine_rows: Tensor
+    coarse_pos: Tensor
+    coarse_rows: Tensor
+    count: int
+
+
+class _GatherFlat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_BNHD, coarse_BPHD, entries: FlatEntries, groups: int, spec):
+        ctx.entries, ctx.spec, ctx.groups = entries, spec, groups
+        ctx.x_shape, ctx.coarse_len = x_BNHD.shape, coarse_BPHD.shape[1]
+        hd = x_BNHD.shape[2] // groups * x_BNHD.shape[3]
+        out = x_BNHD.new_empty(entries.count, hd)
+        out[entries.fine_pos] = x_BNHD.reshape(-1, hd)[entries.fine_rows]
+        out[entries.coarse_pos] = coarse_BPHD.reshape(-1, hd)[entries.coarse_rows]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_RX):
+        e = ctx.entries
+        B, N, H, D = ctx.x_shape
+        hd = grad_RX.shape[1]
+        grad_coarse = grad_RX.new_zeros(B * ctx.coarse_len * ctx.groups, hd)
+        grad_coarse.index_copy_(0, e.coarse_rows, grad_RX[e.coarse_pos])
+        grad_x = unpool_coarse(grad_coarse.view(B, ctx.coarse_len, H, D), N, ctx.spec)
+        grad_x.view(-1, hd).index_add_(0, e.fine_rows, grad_RX[e.fine_pos].to(grad_x.dtype))
+        return grad_x, None, None, None, None
+
+
+def gather_flat(
+    x_BNHD: Tensor, coarse_BPHD: Tensor, entries: FlatEntries, groups: int, spec: LighthouseSpec
+) -> Tensor:
+    """Rows [R, hd] of x's pyramid (tokens of x, or its coarse levels `coarse_BPHD`, computed
+    without autograd); differentiable in x: a row's gradient spreads evenly over its window."""
+    return _GatherFlat.apply(x_BNHD, coarse_BPHD, entries, groups, spec)
+
+
+class _ScatterFlat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, o_RX, entries: FlatEntries, shape, spec):
+        ctx.entries, ctx.spec = entries, spec
+        B, N, H, D = shape
+        hd = ctx.hd = o_RX.shape[1]
+        coarse_len = sum(spec.level_lengths(N)[1:])
+        coarse = o_RX.new_zeros(B * coarse_len * (H * D // hd), hd)
+        coarse.index_copy_(0, entries.coarse_rows, o_RX[entries.coarse_pos])
+        coarse = coarse.view(B, coarse_len, H, D)
+        spill = coarse[:, _last_window_rows(spec, N)]
+        p = spec.pooling_factor
+        out = spread(None, _accumulate_blocks(coarse, N, spec), N, p, 1, 1, 1.0)
+        out.view(-1, hd).index_add_(0, entries.fine_rows, o_RX[entries.fine_pos])
+        return out, spill
+
+    @staticmethod
+    def backward(ctx, grad_BNHD, grad_spill):
+        e = ctx.entries
+        grad_BNHD = grad_BNHD.contiguous()
+        sums = _block_sums(grad_BNHD, ctx.spec)
+        sums[:, _last_window_rows(ctx.spec, grad_BNHD.shape[1])] += grad_spill
+        grad_RX = grad_BNHD.new_empty(e.count, ctx.hd)
+        grad_RX[e.fine_pos] = grad_BNHD.view(-1, ctx.hd)[e.fine_rows]
+        grad_RX[e.coarse_pos] = sums.view(-1, ctx.hd)[e.coarse_rows]
+        return grad_RX, None, None, None
+
+
+def scatter_flat_with_spill(
+    o_RX: Tensor, entries: FlatEntries, shape: tuple[int, int, int, int], spec: LighthouseSpec
+) -> tuple[Tensor, Tensor]:
+    """Entry outputs [R, hd] summed into positions [B, N, H, D] (`shape`) of one chunk, plus
+    the chunk's spill [B, L-1, H, D] (see `scatter_entries_with_spill`)."""
+    return _ScatterFlat.apply(o_RX, entries, shape, spec)
