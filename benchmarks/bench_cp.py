@@ -13,6 +13,7 @@ benchmarks/results/.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -35,6 +36,13 @@ def parse_args(argv=None):
     ap.add_argument("--dense-seq-len", type=int, default=524288, help="global N for dense ring")
     ap.add_argument("--config", default="3/4/2048", help="L/p/k")
     ap.add_argument("--modes", default="tile,global,dense")
+    ap.add_argument(
+        "--attentions", default="ring", help="Lighthouse CP attention(s): ring,allgather"
+    )
+    ap.add_argument(
+        "--single-json", default=None,
+        help="a W=1 result of this script (512K on one GPU): adds time ratios to it per mode",
+    )  # fmt: skip
     ap.add_argument("--layout", default="zigzag", choices=["zigzag", "contiguous"])
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=8)
@@ -85,6 +93,19 @@ def time_fwd_bwd(fn, inputs, device, repeats, warmup, group):
     return result
 
 
+def add_ratios(rows: list[dict], single_json: Path) -> None:
+    """Each row's time over the same mode's time in a W=1 result (the scaling target)."""
+    single = {r["mode"]: r for r in json.loads(single_json.read_text())["rows"]}
+    for row in rows:
+        if row["mode"] in single:
+            base = single[row["mode"]]
+            row["single_gpu"] = {"N": base["N"], "median_ms": base["median_ms"]}
+            row["time_ratio_vs_single_gpu"] = row["median_ms"] / base["median_ms"]
+            print(f"  {row['mode']} {row['attention'] or ''}: {row['median_ms']:.1f} ms vs "
+                  f"{base['median_ms']:.1f} ms at N={base['N']} on one GPU: "
+                  f"ratio {row['time_ratio_vs_single_gpu']:.3f}", flush=True)  # fmt: skip
+
+
 def local_inputs(args, n_local, device, dtype, seed):
     gen = torch.Generator(device=device).manual_seed(seed)
     shapes = [(1, n_local, args.heads, args.head_dim)] + 2 * [
@@ -114,7 +135,12 @@ def main(argv=None):
     L, p, k = (int(x) for x in args.config.split("/"))
     timing = dict(device=device, repeats=args.repeats, warmup=args.warmup, group=group)
     rows = []
-    for mode in args.modes.split(","):
+    runs = [
+        (mode, attention)
+        for mode in args.modes.split(",")
+        for attention in (args.attentions.split(",") if mode != "dense" and world > 1 else [None])
+    ]
+    for mode, attention in runs:
         N = args.dense_seq_len if mode == "dense" else args.seq_len
         xs = local_inputs(args, N // world, device, dtype, seed=rank)
         if mode == "dense":
@@ -126,8 +152,8 @@ def main(argv=None):
         else:
             spec = LighthouseSpec(L, p, k, mode)
             if world > 1:
-                fn = lambda q, k, v, spec=spec: lighthouse_cp_attention(  # noqa: E731
-                    q, k, v, spec, group, args.layout
+                fn = lambda q, k, v, spec=spec, a=attention: lighthouse_cp_attention(  # noqa: E731
+                    q, k, v, spec, group, args.layout, attention=a
                 )
             else:
                 fn = lambda q, k, v, spec=spec: lighthouse_attention(q, k, v, spec)  # noqa: E731
@@ -146,18 +172,20 @@ def main(argv=None):
             if rank == 0:
                 table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=18)
                 print(f"--- profile {mode}\n{table}", flush=True)
-        row = {"mode": mode, "N": N, "N_local": N // world, "world": world}
+        row = {"mode": mode, "attention": attention, "N": N, "N_local": N // world, "world": world}
         row.update(time_fwd_bwd(fn, xs, **timing))
         row["bytes_sent_per_call"] = stats.as_dict()
         rows.append(row)
         if rank == 0:
             ms, gib = row["median_ms"], row.get("peak_gib", 0)
-            print(f"[W={world}] {mode} N={N}: fwd+bwd {ms:.1f} ms, peak {gib:.1f} GiB, "
-                  f"comm {stats.as_dict()}", flush=True)  # fmt: skip
+            print(f"[W={world}] {mode} {attention or ''} N={N}: fwd+bwd {ms:.1f} ms, "
+                  f"peak {gib:.1f} GiB, comm {stats.as_dict()}", flush=True)  # fmt: skip
         del xs
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if rank == 0:
+        if args.single_json:
+            add_ratios(rows, Path(args.single_json))
         payload = {"environment": environment(), "args": vars(args), "world": world, "rows": rows}
         name = args.name or f"cp_layer_W{world}_{device.type}"
         path = write_results(name, payload, args.out_dir)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from lhdist.ops.pyramid import group_query_scores, key_scores, score_pyramid
+from lhdist.ops.selection_graph import graph_applies, replay_selection
 from lhdist.ops.spec import LighthouseSpec, check_qkv
 
 
@@ -109,9 +110,19 @@ def cascade(
 def select_from_scores(
     score_q_BGN: torch.Tensor, score_k_BGN: torch.Tensor, spec: LighthouseSpec
 ) -> torch.Tensor:
-    """The cascade on level-1 scores [B, G, N] held on this device; int64 [B, G, S]."""
+    """The cascade on level-1 scores [B, G, N] held on this device; int64 [B, G, S].
+
+    On CUDA it replays a captured graph (`selection_graph`): same indices, one launch."""
+    spec.check_seq_len(score_q_BGN.shape[-1])
+    if graph_applies(score_q_BGN):
+        return replay_selection(_select_eager, score_q_BGN, score_k_BGN, spec)
+    return _select_eager(score_q_BGN, score_k_BGN, spec)
+
+
+def _select_eager(
+    score_q_BGN: torch.Tensor, score_k_BGN: torch.Tensor, spec: LighthouseSpec
+) -> torch.Tensor:
     B, G, N = score_q_BGN.shape
-    spec.check_seq_len(N)
     sq_levels, sk_levels = score_pyramid(score_q_BGN, spec), score_pyramid(score_k_BGN, spec)
 
     def fetch(level: int, cand_BGTC: torch.Tensor):

@@ -28,6 +28,19 @@ def test_gpu_indices_equal_cpu_fp32(case: Case):
     assert torch.equal(gpu.cpu(), cpu)
 
 
+def test_gpu_graphed_selection_replays_new_scores(monkeypatch):
+    """The captured cascade reads each call's scores: equal to eager on two different inputs."""
+    case = BIG[0]
+    for seed in (41, 42):
+        q, k, _ = make_qkv(case, seed=seed)
+        q, k = q.cuda(), k.cuda()
+        graphed = lighthouse_select(q, k, case.spec)
+        with monkeypatch.context() as m:
+            m.setenv("LHDIST_SELECTION_GRAPH", "off")
+            eager = lighthouse_select(q, k, case.spec)
+        assert torch.equal(graphed, eager)
+
+
 @pytest.mark.parametrize("case", GRID[:4] + BIG[:2], ids=lambda c: c.id)
 def test_gpu_bf16_close_to_fp32_reference(case: Case):
     q, k, v = make_qkv(case, seed=32)
