@@ -20,14 +20,11 @@ def coarse_pyramid(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Levels 2..L of mean-pooled windows, concatenated: [B, Pc, heads, D] (no autograd), and,
     if asked, the fp32 norms [B, N, heads] of x's vectors, from the same read of x."""
-    p = spec.pooling_factor
-    levels, prev, norms = [], x_BNHD, None
-    for i, n in enumerate(spec.level_lengths(x_BNHD.shape[1])[1:]):
-        # Each level pools the previous one by p, which equals the mean over its c_l tokens.
-        prev, level_norms = window_reduce(prev, n, p, 0, 1.0 / p, with_norms and i == 0)
-        norms = level_norms if i == 0 and with_norms else norms
-        levels.append(prev)
-    return torch.cat(levels, dim=1), norms
+    p, n = spec.pooling_factor, x_BNHD.shape[1] // spec.pooling_factor
+    # Each level pools the previous one by p, which equals the mean over its c_l tokens; the
+    # levels are written straight into one buffer.
+    coarse, norms = window_reduce(x_BNHD, n, p, 0, 1.0 / p, with_norms, spec.num_levels - 1)
+    return coarse, norms if with_norms else None
 
 
 def unpool_coarse(grad_coarse: torch.Tensor, seq_len: int, spec: LighthouseSpec):

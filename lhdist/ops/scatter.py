@@ -38,12 +38,9 @@ def _accumulate_blocks(coarse: torch.Tensor, seq_len: int, spec: LighthouseSpec)
 def _block_sums(grad_BNHD: torch.Tensor, spec: LighthouseSpec) -> torch.Tensor:
     """Adjoint of the spread for the coarse levels: every level-l block's gradient sum, levels
     2..L concatenated [B, Pc, H, D] (level 1's adjoint is the gradient itself)."""
-    p = spec.pooling_factor
-    sums, finer = [], grad_BNHD
-    for n in spec.level_lengths(grad_BNHD.shape[1])[1:]:
-        finer, _ = window_reduce(finer, n, p, p - 1, 1.0, False)
-        sums.append(finer)
-    return torch.cat(sums, dim=1)
+    p, n = spec.pooling_factor, grad_BNHD.shape[1] // spec.pooling_factor
+    # Level l's blocks are p level-(l-1) blocks: reduce the previous level, into one buffer.
+    return window_reduce(grad_BNHD, n, p, p - 1, 1.0, False, spec.num_levels - 1)[0]
 
 
 def _last_window_rows(spec: LighthouseSpec, seq_len: int) -> list[int]:

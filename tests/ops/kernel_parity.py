@@ -37,12 +37,17 @@ def main() -> None:
     torch.manual_seed(0)
     B, N, H, G, D, p = 2, 256, 4, 2, 16, 4
     x = torch.randn(B, N, H, D)
-    for shift, scale, norms in [(0, 0.25, True), (p - 1, 1.0, False)]:
+    # levels=3: levels 2 and 3 read and write row slices of one buffer (batch stride != rows).
+    for shift, scale, norms, levels in [
+        (0, 0.25, True, 3),
+        (p - 1, 1.0, False, 3),
+        (1, 0.5, True, 1),
+    ]:
 
-        def reduce(s=shift, c=scale, n=norms):
-            return rows.window_reduce(x, N // p, p, s, c, n)
+        def reduce(s=shift, c=scale, n=norms, lv=levels):
+            return rows.window_reduce(x, N // p, p, s, c, n, lv)
 
-        check(f"window_reduce shift={shift}", *both(reduce))
+        check(f"window_reduce shift={shift} levels={levels}", *both(reduce))
     c = torch.randn(B, N // p, H, D)
     for shift, offset, with_a in [(0, 0, True), (1, 1, False), (1, 1, True)]:
         a = x if with_a else None

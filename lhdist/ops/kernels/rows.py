@@ -45,43 +45,73 @@ def _block_w(W: int, D: int) -> int:
 # --- window_reduce --------------------------------------------------------------------------
 
 
-@torch.library.custom_op("lhdist::window_reduce", mutates_args=())
-def window_reduce(
-    x: Tensor, n_out: int, p: int, shift: int, scale: float, with_norms: bool
-) -> tuple[Tensor, Tensor]:
-    """out [B, n_out, H, D] = scale * sum of rows [i*p + shift, i*p + shift + p) of x (clipped);
-    and fp32 norms [B, N, H] of x's D-vectors when `with_norms` (else an empty tensor)."""
+def _reduced_lengths(n_out: int, p: int, levels: int) -> list[int]:
+    """Rows of each reduced level: n_out, n_out // p, ..."""
+    return [n_out // p**j for j in range(levels)]
+
+
+def _reduce_level_torch(x: Tensor, out: Tensor, p: int, shift: int, scale: float) -> None:
+    """out [B, n, H, D] (a view, written in place) = scale * sums of x's row windows."""
     B, N, H, D = x.shape
-    x = x.contiguous()
-    out = x.new_empty(B, n_out, H, D)
-    norms = x.new_empty((B, N, H) if with_norms else (0,), dtype=torch.float32)
-    if _triton_on(x):
-        W = H * D
-        block = _block_w(W, D)
-        _tk.window_reduce_kernel[(B * n_out, W // block)](
-            x, out, norms, N, n_out, shift, scale,
-            W=W, D=D, P=p, BLOCK_W=block, WITH_NORMS=with_norms,
-        )  # fmt: skip
-        if with_norms and n_out * p + shift < N:  # rows no window reads (never, as used here)
-            norms[:, n_out * p + shift :] = torch.linalg.vector_norm(
-                x[:, n_out * p + shift :], dim=-1, dtype=torch.float32
-            )
-        return out, norms
+    n_out = out.shape[1]
     pad = max(0, n_out * p + shift - N)
     padded = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)) if pad else x
     windows = padded[:, shift : shift + n_out * p].reshape(B, n_out, p, H, D)
     out.copy_(windows.sum(2, dtype=_acc_dtype(x)).mul_(scale))
-    if with_norms:
+
+
+def _reduce_level_triton(
+    x: Tensor, out: Tensor, norms: Tensor, p: int, shift: int, scale: float, with_norms: bool
+) -> None:
+    """The same with the Triton kernel; x and out: row slices (contiguous within a batch)."""
+    B, N, H, D = x.shape
+    n_out, W = out.shape[1], H * D
+    block = _block_w(W, D)
+    _tk.window_reduce_kernel[(B * n_out, W // block)](
+        x, out, norms, N, n_out, x.stride(0), out.stride(0), shift, scale,
+        W=W, D=D, P=p, BLOCK_W=block, WITH_NORMS=with_norms,
+    )  # fmt: skip
+    if with_norms:  # rows no window reads (none, as used here)
+        for lo, hi in ((0, min(shift, N)), (n_out * p + shift, N)):
+            if lo < hi:
+                norms[:, lo:hi] = torch.linalg.vector_norm(x[:, lo:hi], dim=-1, dtype=torch.float32)
+
+
+@torch.library.custom_op("lhdist::window_reduce", mutates_args=())
+def window_reduce(
+    x: Tensor, n_out: int, p: int, shift: int, scale: float, with_norms: bool, levels: int = 1
+) -> tuple[Tensor, Tensor]:
+    """out [B, n_out, H, D] = scale * sum of rows [i*p + shift, i*p + shift + p) of x (clipped);
+    and fp32 norms [B, N, H] of x's D-vectors when `with_norms` (else an empty tensor).
+
+    `levels` > 1 reduces each result again the same way (n_out // p rows, then n_out // p^2...):
+    the levels follow each other in one out [B, sum of their rows, H, D], each written in place,
+    so a pyramid costs no concatenation copy."""
+    B, N, H, D = x.shape
+    x = x.contiguous()
+    lengths = _reduced_lengths(n_out, p, levels)
+    out = x.new_empty(B, sum(lengths), H, D)
+    norms = x.new_empty((B, N, H) if with_norms else (0,), dtype=torch.float32)
+    use_triton = _triton_on(x)
+    src, row0 = x, 0
+    for j, n in enumerate(lengths):
+        dst = out[:, row0 : row0 + n]  # never overlaps src, the previous level
+        if use_triton:
+            _reduce_level_triton(src, dst, norms, p, shift, scale, with_norms and j == 0)
+        else:
+            _reduce_level_torch(src, dst, p, shift, scale)
+        src, row0 = dst, row0 + n
+    if with_norms and not use_triton:
         dtype = None if x.dtype == torch.float64 else torch.float32
         norms.copy_(torch.linalg.vector_norm(x, dim=-1, dtype=dtype))
     return out, norms
 
 
 @window_reduce.register_fake
-def _(x, n_out, p, shift, scale, with_norms):
+def _(x, n_out, p, shift, scale, with_norms, levels=1):
     B, N, H, D = x.shape
     norms = x.new_empty((B, N, H) if with_norms else (0,), dtype=torch.float32)
-    return x.new_empty(B, n_out, H, D), norms
+    return x.new_empty(B, sum(_reduced_lengths(n_out, p, levels)), H, D), norms
 
 
 # --- spread ---------------------------------------------------------------------------------

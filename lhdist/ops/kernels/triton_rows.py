@@ -23,10 +23,11 @@ import triton.language as tl
 
 @triton.jit
 def window_reduce_kernel(
-    x_ptr, out_ptr, norm_ptr, n_in, n_out, shift, scale,
+    x_ptr, out_ptr, norm_ptr, n_in, n_out, x_batch_stride, out_batch_stride, shift, scale,
     W: tl.constexpr, D: tl.constexpr, P: tl.constexpr, BLOCK_W: tl.constexpr,
     WITH_NORMS: tl.constexpr,
 ):  # fmt: skip
+    # Batch strides are free, so x and out may be row slices of larger buffers (pyramid levels).
     row = tl.program_id(0)  # b * n_out + i
     wb = tl.program_id(1)
     b = row // n_out
@@ -35,10 +36,11 @@ def window_reduce_kernel(
     cols = wb * BLOCK_W + tl.arange(0, BLOCK_W)
     src = i * P + shift + r  # [P] input rows of this window
     valid = src < n_in
-    ptrs = x_ptr + (b * n_in + src)[:, None].to(tl.int64) * W + cols[None, :]
-    tile = tl.load(ptrs, mask=valid[:, None], other=0.0).to(tl.float32)  # [P, BLOCK_W]
+    x_rows = b.to(tl.int64) * x_batch_stride + src.to(tl.int64) * W
+    tile = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=valid[:, None], other=0.0)
+    tile = tile.to(tl.float32)  # [P, BLOCK_W]
     total = tl.sum(tile, axis=0) * scale
-    out_ptrs = out_ptr + (b * n_out + i).to(tl.int64) * W + cols
+    out_ptrs = out_ptr + b.to(tl.int64) * out_batch_stride + i.to(tl.int64) * W + cols
     tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty))
     if WITH_NORMS:
         heads: tl.constexpr = BLOCK_W // D
