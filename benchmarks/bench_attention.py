@@ -5,6 +5,10 @@
         --heads 4 --kv-heads 4 --head-dim 64 --dtype float32
     python benchmarks/bench_attention.py         # the GPU grid (32K..1M, bf16, D=128)
 
+Each config runs at its own Ns of --seq-range: powers of two, or f*2^m when N must divide by a
+number with an odd factor f (3/4/1536: 12 tiles of 16-token windows -> 3*2^m). Pairs the spec
+rejects are skipped with a note.
+
 Also reports the floor: causal SDPA alone on the gathered length S, and the overhead above it.
 Writes JSON (and a PNG plot when matplotlib is installed) under benchmarks/results/.
 """
@@ -26,7 +30,8 @@ from lhdist.ops import LighthouseSpec, lighthouse_attention  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seq-lens", default="32768,65536,131072,262144,524288,1048576")
+    ap.add_argument("--seq-lens", default=None, help="N list for every config (overrides the grid)")
+    ap.add_argument("--seq-range", default="32768:1048576", help="LO:HI of the per-config grid")
     ap.add_argument("--configs", default="3/4/2048,4/4/2048,3/4/1536", help="L/p/k list")
     ap.add_argument("--selection", default="tile", choices=["tile", "global"])
     ap.add_argument("--batch", type=int, default=1)
@@ -46,6 +51,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--name", default=None, help="results file name (default from device)")
     ap.add_argument("--out-dir", default=None)
     return ap.parse_args(argv)
+
+
+def own_seq_lens(spec: LighthouseSpec, lo: int, hi: int) -> list[int]:
+    """The Ns in [lo, hi] that suit `spec`: f * 2^m, f the odd factor of what N must divide by
+    (f = 1 for power-of-two tile counts, 3 for 3/4/1536's 12 tiles)."""
+    divisor = spec.num_tiles * spec.coarsest_window
+    n, grid = divisor // (divisor & -divisor), []
+    while n <= hi:
+        if n >= lo:
+            grid.append(n)
+        n *= 2
+    return grid
+
+
+def plan(args) -> dict[str, tuple[LighthouseSpec, list[int]]]:
+    """Per config: its spec and Ns; configs the spec rejects are left out with a note."""
+    lo, hi = (int(x) for x in args.seq_range.split(":"))
+    fixed = [int(n) for n in args.seq_lens.split(",")] if args.seq_lens else None
+    configs = {}
+    for cfg in args.configs.split(","):
+        L, p, k = (int(x) for x in cfg.split("/"))
+        try:
+            spec = LighthouseSpec(L, p, k, args.selection)
+        except ValueError as err:
+            print(f"{cfg}: skipped ({err})", flush=True)
+            continue
+        configs[cfg] = (spec, fixed or own_seq_lens(spec, lo, hi))
+    return configs
 
 
 def make_inputs(args, N: int, device, dtype):
@@ -90,17 +123,19 @@ def measure(args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     rows, dense_cache, last_dense = [], {}, None
-    for N in (int(n) for n in args.seq_lens.split(",")):
+    configs = plan(args)
+    for N in sorted({n for _, seq_lens in configs.values() for n in seq_lens}):
         inputs = make_inputs(args, N, device, dtype)
-        for cfg in args.configs.split(","):
-            L, p, k = (int(x) for x in cfg.split("/"))
-            spec = LighthouseSpec(L, p, k, args.selection)
+        for cfg, (spec, seq_lens) in configs.items():
+            if N not in seq_lens:
+                continue
             row = {"N": N, "config": cfg, "S": None}
             try:
                 spec.check_seq_len(N)
             except ValueError as err:
                 row["skipped"] = str(err)
                 rows.append(row)
+                print(f"N={N} {cfg}: skipped ({err})", flush=True)
                 continue
             S = spec.selected_length(N)
             row["S"] = S

@@ -31,6 +31,8 @@ def main(argv=None) -> None:
              for _ in range(2))  # fmt: skip
 
     def step():
+        # Fresh grads, as in training: accumulating into old ones would add three full-size adds.
+        q.grad = k_.grad = v.grad = None
         out = lighthouse_attention(q, k_, v, spec)
         out.backward(torch.ones_like(out))
 
