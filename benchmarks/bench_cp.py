@@ -16,6 +16,8 @@ import argparse
 import json
 import statistics
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,6 +53,9 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="print rank 0's kernel table per mode")
+    ap.add_argument(
+        "--sync-debug", action="store_true", help="print where one fwd+bwd synchronises (rank 0)"
+    )
     ap.add_argument("--name", default=None)
     ap.add_argument("--out-dir", default=None)
     return ap.parse_args(argv)
@@ -91,6 +96,34 @@ def time_fwd_bwd(fn, inputs, device, repeats, warmup, group):
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
+
+
+def report_syncs(fn, inputs, show: bool) -> None:
+    """Run fn once under CUDA sync debugging; print each distinct lhdist call site that
+    synchronised the host with the GPU (every sync stalls the launch pipeline)."""
+    sites: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack() if "lhdist" in f.filename]
+        site = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames[-3:][::-1])
+        sites[site] = sites.get(site, 0) + 1
+
+    old = warnings.showwarning
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            fn(*inputs).sum().backward()
+            torch.cuda.synchronize()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        warnings.showwarning = old
+    if not show:
+        return
+    print(f"--- host syncs in one fwd+bwd: {sum(sites.values())}", flush=True)
+    for site, count in sorted(sites.items(), key=lambda kv: -kv[1]):
+        print(f"  {count:3d}x {site}", flush=True)
 
 
 def add_ratios(rows: list[dict], single_json: Path) -> None:
@@ -170,8 +203,12 @@ def main(argv=None):
                 fn(*xs_once).sum().backward()
                 torch.cuda.synchronize()
             if rank == 0:
-                table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=18)
-                print(f"--- profile {mode}\n{table}", flush=True)
+                averages = prof.key_averages()
+                for key in ("self_cuda_time_total", "self_cpu_time_total"):
+                    table = averages.table(sort_by=key, row_limit=16, max_name_column_width=50)
+                    print(f"--- profile {mode} {attention or ''} by {key}\n{table}", flush=True)
+        if args.sync_debug and device.type == "cuda":  # every rank runs the collectives
+            report_syncs(fn, xs_once, show=rank == 0)
         row = {"mode": mode, "attention": attention, "N": N, "N_local": N // world, "world": world}
         row.update(time_fwd_bwd(fn, xs, **timing))
         row["bytes_sent_per_call"] = stats.as_dict()

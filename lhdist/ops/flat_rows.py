@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lhdist.ops.kernels.rows import spread
 from lhdist.ops.pyramid import unpool_coarse
-from lhdist.ops.scatter import _accumulate_blocks, _block_sums, _last_window_rows
+from lhdist.ops.scatter import _accumulate_blocks, _block_sums, add_spill_grad_, take_spill
 from lhdist.ops.spec import LighthouseSpec
 
 
@@ -81,7 +81,7 @@ class _ScatterFlat(torch.autograd.Function):
         coarse = o_RX.new_zeros(B * coarse_len * (H * D // hd), hd)
         coarse.index_copy_(0, entries.coarse_rows, o_RX[entries.coarse_pos])
         coarse = coarse.view(B, coarse_len, H, D)
-        spill = coarse[:, _last_window_rows(spec, N)]
+        spill = take_spill(coarse, spec, N)
         p = spec.pooling_factor
         out = spread(None, _accumulate_blocks(coarse, N, spec), N, p, 1, 1, 1.0)
         out.view(-1, hd).index_add_(0, entries.fine_rows, o_RX[entries.fine_pos])
@@ -92,7 +92,7 @@ class _ScatterFlat(torch.autograd.Function):
         e = ctx.entries
         grad_BNHD = grad_BNHD.contiguous()
         sums = _block_sums(grad_BNHD, ctx.spec)
-        sums[:, _last_window_rows(ctx.spec, grad_BNHD.shape[1])] += grad_spill
+        add_spill_grad_(sums, grad_spill, ctx.spec, grad_BNHD.shape[1])
         grad_RX = grad_BNHD.new_empty(e.count, ctx.hd)
         grad_RX[e.fine_pos] = grad_BNHD.view(-1, ctx.hd)[e.fine_rows]
         grad_RX[e.coarse_pos] = sums.view(-1, ctx.hd)[e.coarse_rows]

@@ -50,6 +50,18 @@ def _last_window_rows(spec: LighthouseSpec, seq_len: int) -> list[int]:
     return [sum(lengths[: i + 1]) - 1 for i in range(len(lengths))]
 
 
+def take_spill(coarse_BPHD: torch.Tensor, spec: LighthouseSpec, seq_len: int) -> torch.Tensor:
+    """The last windows' rows [B, L-1, H, D] of a coarse buffer. Python-int rows: an index
+    list would be copied to the GPU, a stream synchronisation."""
+    return torch.stack([coarse_BPHD[:, row] for row in _last_window_rows(spec, seq_len)], dim=1)
+
+
+def add_spill_grad_(sums_BPHD: torch.Tensor, grad_spill: torch.Tensor, spec, seq_len: int):
+    """Adjoint of `take_spill`, accumulated in place into the coarse gradient."""
+    for i, row in enumerate(_last_window_rows(spec, seq_len)):
+        sums_BPHD[:, row] += grad_spill[:, i]
+
+
 class _ScatterEntries(torch.autograd.Function):
     @staticmethod
     def forward(ctx, o_BHSD, idx_BGS, spec, seq_len, with_spill):
@@ -60,7 +72,7 @@ class _ScatterEntries(torch.autograd.Function):
         coarse = o_BHSD.new_zeros(B, sum(spec.level_lengths(seq_len)[1:]), H, D)
         none = o_BHSD.new_empty(0)
         put_rows_(o_BHSD, idx_BGS, none, coarse, seq_len, False, False, True)
-        spill = coarse[:, _last_window_rows(spec, seq_len)] if with_spill else none
+        spill = take_spill(coarse, spec, seq_len) if with_spill else none
         out = spread(None, _accumulate_blocks(coarse, seq_len, spec), seq_len, p, 1, 1, 1.0)
         put_rows_(o_BHSD, idx_BGS, out, none, seq_len, True, True, False)
         return out, spill
@@ -71,7 +83,7 @@ class _ScatterEntries(torch.autograd.Function):
         grad_BNHD = grad_BNHD.contiguous()
         sums = _block_sums(grad_BNHD, ctx.spec)
         if ctx.with_spill:
-            sums[:, _last_window_rows(ctx.spec, grad_BNHD.shape[1])] += grad_spill
+            add_spill_grad_(sums, grad_spill, ctx.spec, grad_BNHD.shape[1])
         return take_rows(grad_BNHD, sums, idx_BGS), None, None, None, None
 
 
@@ -91,12 +103,34 @@ def scatter_entries_with_spill(
     return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len, True)
 
 
+class _AddHalo(torch.autograd.Function):
+    # In place with mark_dirty: autograd then passes the full-length gradient straight through
+    # instead of cloning it (what an in-place add on a slice of `out` would cost).
+    @staticmethod
+    def forward(ctx, out_BNHD, prev_spill_BLHD, spec):
+        ctx.spec = spec
+        B, _, H, D = out_BNHD.shape
+        halo = out_BNHD.new_zeros(B, spec.coarsest_window - 1, H, D)
+        for level in range(2, spec.num_levels + 1):
+            halo[:, : spec.window(level) - 1] += prev_spill_BLHD[:, level - 2].unsqueeze(1)
+        out_BNHD[:, : spec.coarsest_window - 1] += halo
+        ctx.mark_dirty(out_BNHD)
+        return out_BNHD
+
+    @staticmethod
+    def backward(ctx, grad_BNHD):
+        spec = ctx.spec
+        grad_spill = torch.stack(
+            [
+                grad_BNHD[:, : spec.window(level) - 1].sum(1)
+                for level in range(2, spec.num_levels + 1)
+            ],
+            dim=1,
+        )
+        return grad_BNHD, grad_spill, None
+
+
 def add_halo_(out_BNHD: torch.Tensor, prev_spill_BLHD: torch.Tensor, spec: LighthouseSpec):
-    """In place: the previous chunk's spill added to this chunk's first c_l - 1 positions
-    (level l = 2..L). Touches only the first c_L - 1 rows; returns `out_BNHD`."""
-    B, _, H, D = out_BNHD.shape
-    halo = out_BNHD.new_zeros(B, spec.coarsest_window - 1, H, D)
-    for level in range(2, spec.num_levels + 1):
-        halo[:, : spec.window(level) - 1] += prev_spill_BLHD[:, level - 2].unsqueeze(1)
-    out_BNHD[:, : spec.coarsest_window - 1] += halo
-    return out_BNHD
+    """In place: the previous chunk's spill [B, L-1, H, D] added to this chunk's first
+    c_l - 1 positions (level l = 2..L). Touches only the first c_L - 1 rows; returns `out`."""
+    return _AddHalo.apply(out_BNHD, prev_spill_BLHD, spec)

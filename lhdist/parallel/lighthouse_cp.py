@@ -25,6 +25,8 @@ L-1 rows per chunk, all-gathered.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -126,11 +128,11 @@ def lighthouse_cp_attention(
         out, spill = _global(
             as_chunks(q), as_chunks(k), as_chunks(v), spec, N, my_chunks, group, layout, attention
         )
-    _add_previous_spill_(out, spill, spec, B, my_chunks, world, group, layout)
+    out = _add_previous_spill_(out, spill, spec, B, my_chunks, world, group, layout)
     return out.view(B, N_local, H, D)
 
 
-def _add_previous_spill_(out, spill, spec, B, my_chunks, world, group, layout) -> None:
+def _add_previous_spill_(out, spill, spec, B, my_chunks, world, group, layout) -> Tensor:
     """Each chunk's output [Bn, N_c, H, D] += the spill of the chunk before it (in place)."""
     n = len(my_chunks)
     L1, H, D = spill.shape[1:]
@@ -140,9 +142,9 @@ def _add_previous_spill_(out, spill, spec, B, my_chunks, world, group, layout) -
     # so every rank runs its backward (a collective) even when it has no previous chunk.
     spills = torch.cat([torch.zeros_like(spills[:1]), spills])
     order = [c for r in range(world) for c in local_chunk_ids(r, world, layout)]
-    prev_rows = torch.tensor([order.index(c - 1) + 1 if c > 0 else 0 for c in my_chunks])
-    prev = spills[prev_rows.to(spills.device)].transpose(0, 1).reshape(B * n, L1, H, D)
-    add_halo_(out, prev, spec)
+    prev_rows = [order.index(c - 1) + 1 if c > 0 else 0 for c in my_chunks]  # ints: no H2D sync
+    prev = torch.stack([spills[row] for row in prev_rows], dim=1).reshape(B * n, L1, H, D)
+    return add_halo_(out, prev, spec)
 
 
 def _check_same_call(q, k, spec, layout, group) -> None:
@@ -242,8 +244,8 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
 
     # --- where every entry lives (owner rank, chunk slot, row) and is attended.
     offsets = spec.level_offsets(N)
-    level0 = torch.bucketize(idx_BGS, torch.tensor(offsets[1:], device=device), right=True)
-    window = idx_BGS - torch.tensor(offsets, device=device)[level0]
+    level0 = torch.bucketize(idx_BGS, _on_device(offsets[1:], device), right=True)
+    window = idx_BGS - _on_device(offsets, device)[level0]
     size = spec.pooling_factor**level0  # window size of each entry
     owner_chunk = window * size // N_c
     owner, owner_slot = _chunk_rank_slot(owner_chunk, world, layout)
@@ -257,8 +259,7 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     flat_row = torch.where(
         is_fine,
         (chunk_row * N_c + local_window) * G + g_idx,
-        (chunk_row * Pc + torch.tensor(coarse_offsets, device=device)[level0] + local_window) * G
-        + g_idx,
+        (chunk_row * Pc + _on_device(coarse_offsets, device)[level0] + local_window) * G + g_idx,
     )
     share_chunk = torch.arange(S, device=device) // S_c
     dest, dest_slot = _chunk_rank_slot(share_chunk, world, layout)
@@ -304,6 +305,16 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     o_rows = o_BHSD.transpose(1, 2).reshape(B * S_loc * G, hd)[share_rows]
     back = all_to_all(o_rows, recv_counts, send_counts, group) if world > 1 else o_rows
     return scatter_flat_with_spill(back, mine, (Bn, N_c, H, D), spec)
+
+
+@functools.lru_cache(maxsize=64)
+def _on_device_cached(values: tuple[int, ...], device: torch.device) -> Tensor:
+    return torch.tensor(values, dtype=torch.int64, device=device)
+
+
+def _on_device(values: list[int], device: torch.device) -> Tensor:
+    """A small int64 constant on `device`, copied once (each host-to-device copy syncs)."""
+    return _on_device_cached(tuple(values), device)
 
 
 def _place_rows(values_RX: Tensor, rows_R: Tensor, num_rows: int) -> Tensor:
