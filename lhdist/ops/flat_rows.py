@@ -4,9 +4,9 @@ A rank of global-mode context parallelism owns a varying number of selected entr
 (the budget goes where the scores are), so its entries cannot be the [B, G, S] index tensor of
 `take_rows` / `put_rows_`. Here every entry is one row of a flat view instead: a row of one kv
 group, `hd = (H/G) * D` wide, in the token tensor [B, N, heads, D] or the coarse pyramid
-[B, Pc, heads, D], i.e. flat row `(b * length + position) * G + g`. The caller passes, for the
-token and the coarse rows separately, where each entry sits in the list (`*_pos`) and which row
-it is (`*_rows`); rows are unique, so the index writes below never collide (deterministic).
+[B, Pc, heads, D], i.e. flat row `(b * length + position) * G + g` (`FlatEntries`). Real rows
+are unique and stand-ins add exact zeros, so the index adds below give the same result in any
+order.
 
 The full-length work is the same as the single-device op's: the gather's adjoint unpools coarse
 gradients in one pass (`unpool_coarse`), the scatter spreads coarse outputs in one pass.
@@ -30,14 +30,13 @@ from lhdist.ops.spec import LighthouseSpec
 
 @dataclass(frozen=True)
 class FlatEntries:
-    """R entries as flat rows: token entries at list positions `fine_pos` are rows `fine_rows`
-    of the token tensor, coarse ones at `coarse_pos` rows `coarse_rows` of the coarse pyramid."""
+    """R entries as flat rows: where `is_fine`, row `fine_rows` of the token tensor, else row
+    `coarse_rows` of the coarse pyramid (the unused one of the two is a valid stand-in row).
+    Masks rather than index lists: selecting by mask on the GPU would sync with the host."""
 
-    fine_pos: Tensor
+    is_fine: Tensor
     fine_rows: Tensor
-    coarse_pos: Tensor
     coarse_rows: Tensor
-    count: int
 
 
 class _GatherFlat(torch.autograd.Function):
@@ -46,20 +45,22 @@ class _GatherFlat(torch.autograd.Function):
         ctx.entries, ctx.spec, ctx.groups = entries, spec, groups
         ctx.x_shape, ctx.coarse_len = x_BNHD.shape, coarse_BPHD.shape[1]
         hd = x_BNHD.shape[2] // groups * x_BNHD.shape[3]
-        out = x_BNHD.new_empty(entries.count, hd)
-        out[entries.fine_pos] = x_BNHD.reshape(-1, hd)[entries.fine_rows]
-        out[entries.coarse_pos] = coarse_BPHD.reshape(-1, hd)[entries.coarse_rows]
-        return out
+        fine = x_BNHD.reshape(-1, hd).index_select(0, entries.fine_rows)
+        coarse = coarse_BPHD.reshape(-1, hd).index_select(0, entries.coarse_rows)
+        return torch.where(entries.is_fine[:, None], fine, coarse)
 
     @staticmethod
     def backward(ctx, grad_RX):
         e = ctx.entries
         B, N, H, D = ctx.x_shape
         hd = grad_RX.shape[1]
+        fine = e.is_fine[:, None]
+        # Stand-in rows receive exact zeros, so the sums are those of the real rows alone.
         grad_coarse = grad_RX.new_zeros(B * ctx.coarse_len * ctx.groups, hd)
-        grad_coarse.index_copy_(0, e.coarse_rows, grad_RX[e.coarse_pos])
+        grad_coarse.index_add_(0, e.coarse_rows, grad_RX.masked_fill(fine, 0))
         grad_x = unpool_coarse(grad_coarse.view(B, ctx.coarse_len, H, D), N, ctx.spec)
-        grad_x.view(-1, hd).index_add_(0, e.fine_rows, grad_RX[e.fine_pos].to(grad_x.dtype))
+        grad_fine = grad_RX.masked_fill(~fine, 0).to(grad_x.dtype)
+        grad_x.view(-1, hd).index_add_(0, e.fine_rows, grad_fine)
         return grad_x, None, None, None, None
 
 
@@ -77,14 +78,15 @@ class _ScatterFlat(torch.autograd.Function):
         ctx.entries, ctx.spec = entries, spec
         B, N, H, D = shape
         hd = ctx.hd = o_RX.shape[1]
+        fine = entries.is_fine[:, None]
         coarse_len = sum(spec.level_lengths(N)[1:])
         coarse = o_RX.new_zeros(B * coarse_len * (H * D // hd), hd)
-        coarse.index_copy_(0, entries.coarse_rows, o_RX[entries.coarse_pos])
+        coarse.index_add_(0, entries.coarse_rows, o_RX.masked_fill(fine, 0))
         coarse = coarse.view(B, coarse_len, H, D)
         spill = take_spill(coarse, spec, N)
         p = spec.pooling_factor
         out = spread(None, _accumulate_blocks(coarse, N, spec), N, p, 1, 1, 1.0)
-        out.view(-1, hd).index_add_(0, entries.fine_rows, o_RX[entries.fine_pos])
+        out.view(-1, hd).index_add_(0, entries.fine_rows, o_RX.masked_fill(~fine, 0))
         return out, spill
 
     @staticmethod
@@ -93,10 +95,9 @@ class _ScatterFlat(torch.autograd.Function):
         grad_BNHD = grad_BNHD.contiguous()
         sums = _block_sums(grad_BNHD, ctx.spec)
         add_spill_grad_(sums, grad_spill, ctx.spec, grad_BNHD.shape[1])
-        grad_RX = grad_BNHD.new_empty(e.count, ctx.hd)
-        grad_RX[e.fine_pos] = grad_BNHD.view(-1, ctx.hd)[e.fine_rows]
-        grad_RX[e.coarse_pos] = sums.view(-1, ctx.hd)[e.coarse_rows]
-        return grad_RX, None, None, None
+        fine = grad_BNHD.view(-1, ctx.hd).index_select(0, e.fine_rows)
+        coarse = sums.view(-1, ctx.hd).index_select(0, e.coarse_rows)
+        return torch.where(e.is_fine[:, None], fine, coarse), None, None, None
 
 
 def scatter_flat_with_spill(

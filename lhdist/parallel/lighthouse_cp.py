@@ -265,23 +265,33 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     dest, dest_slot = _chunk_rank_slot(share_chunk, world, layout)
     share_pos = dest_slot * S_c + torch.arange(S, device=device) % S_c  # [S]
     S_loc = n * S_c
-    dest_BGS = dest.expand(B, G, S)
-    flat_id = torch.arange(B * G * S, device=device).view(B, G, S)
+    dest_all, owner_all = dest.expand(B, G, S).reshape(-1), owner.reshape(-1)
+    BGS = B * G * S
+    flat_id = torch.arange(BGS, device=device)
 
     # Send side: my entries, ordered by (destination, flat id); receive side: entries attended
     # here, ordered by (owner, flat id). Both sides derive both orders, so no index travels.
-    send_ids = flat_id.reshape(-1)[(owner == rank).reshape(-1)]
-    send_ids = send_ids[torch.argsort(dest_BGS.reshape(-1)[send_ids], stable=True)]
-    send_counts = torch.bincount(dest_BGS.reshape(-1)[send_ids], minlength=world).tolist()
-    recv_ids = flat_id.reshape(-1)[(dest_BGS == rank).reshape(-1)]
-    recv_ids = recv_ids[torch.argsort(owner.reshape(-1)[recv_ids], stable=True)]
-    recv_counts = torch.bincount(owner.reshape(-1)[recv_ids], minlength=world).tolist()
+    # Sorting keys (others' entries last) instead of masking keeps the host out until the one
+    # sync that the all-to-all needs: its split sizes.
+    sent, attended_here = owner_all == rank, dest_all == rank
+    send_peer = torch.where(sent, dest_all, world)  # `world`: not sent by this rank
+    recv_peer = torch.where(attended_here, owner_all, world)
+    send_order = torch.argsort(send_peer * BGS + flat_id)
+    recv_order = torch.argsort(recv_peer * BGS + flat_id)
+    ones = torch.ones_like(flat_id)
+    counts = torch.cat([
+        torch.zeros(world + 1, dtype=torch.int64, device=device).scatter_add_(0, peer, ones)[:world]
+        for peer in (send_peer, recv_peer)
+    ]).tolist()  # fmt: skip
+    send_counts, recv_counts = counts[:world], counts[world:]
+    send_ids, recv_ids = send_order[: sum(send_counts)], recv_order[: sum(recv_counts)]
 
     fine_sent = is_fine.reshape(-1)[send_ids]
     rows_sent = flat_row.reshape(-1)[send_ids]
-    fine_pos, coarse_pos = fine_sent.nonzero().squeeze(1), (~fine_sent).nonzero().squeeze(1)
     mine = FlatEntries(
-        fine_pos, rows_sent[fine_pos], coarse_pos, rows_sent[coarse_pos], len(send_ids)
+        fine_sent,
+        torch.where(fine_sent, rows_sent, 0),  # row 0 stands in where the other kind applies
+        torch.where(fine_sent, 0, rows_sent),
     )
     b_r = recv_ids // (G * S)
     g_r = recv_ids // S % G
