@@ -3,8 +3,8 @@ one full training step per mode, at the training layout of the job's world (1, 2
 
     SCRIPT=benchmarks/bench_1m_job.py bash launch/torchrun.sh               # this node's GPUs
     SCRIPT=benchmarks/bench_1m_job.py sbatch --nodes=4 launch/slurm.sbatch  # 32 GPUs
-    NPROC=2 SCRIPT=benchmarks/bench_1m_job.py bash launch/torchrun.sh \\
-        --config configs/tiny_cpu.yaml --seq-len 2048 --lighthouse.topk=512 ...  # CPU smoke
+    NPROC=2 SCRIPT=benchmarks/bench_1m_job.py bash launch/torchrun.sh --config \\
+        configs/tiny_cpu.yaml --seq-len 8192 --cp 2 --lighthouse.topk=512 --steps 1  # CPU smoke
 
 The model, Lighthouse knobs and seq_len come from --config (plus --section.key=value overrides);
 the CP degree is the config's when it divides the world, else the whole world, and dp fills the
@@ -25,7 +25,6 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -205,17 +204,20 @@ def step_rows(cfg: Config, dims, device, args) -> list[dict]:
             start = time.perf_counter()
             with stats if i == args.warmup_steps else CommStats():
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = engine(ids[:, :-1], positions)
-                loss = F.cross_entropy(
-                    logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
-                )
+                    # The training loop's loss: chunked, no [tokens, vocab] logits.
+                    loss = engine(
+                        ids[:, :-1],
+                        positions,
+                        labels=ids[:, 1:],
+                        loss_chunk_tokens=t.loss_chunk_tokens,
+                    )
                 engine.backward(loss / (n_local * dims.world_size))
             engine.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i >= args.warmup_steps:
                 times.append(time.perf_counter() - start)
-            del logits, loss
+            del loss
         step_s = sorted(times)[len(times) // 2]
         tokens = dims.dp_degree * t.micro_batch_size * t.seq_len
         stage = 2 if mode == "dense" else 1

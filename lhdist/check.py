@@ -141,14 +141,28 @@ def block_bytes_per_token(cfg: Config, a: int, sparse: bool) -> float:
 
 
 def head_bytes_per_token(cfg: Config, a: int) -> tuple[float, float]:
-    """(kept, transient) bytes per token of the final norm, output projection and loss.
+    """(kept, transient) bytes per token of the final norm and the chunked loss
+    (lhdist/train/loss.py), which never holds [tokens, vocab] logits.
 
-    Kept: the last block's fp32 output and its normed values, the projection's input and the
-    fp32 log-probabilities. Transient: the first steps of the backward hold three fp32 [vocab]
-    gradients at once."""
-    d, V = cfg.model.dim, cfg.model.vocab_size
-    kept = 2 * FP32 * d + FP32 + _linear_inputs(cfg, a, 1) + FP32 * V
-    return kept, 3 * FP32 * V
+    Kept: the last block's fp32 output, the norm's fp32 normed values and rsqrt, and the hidden
+    state's gradient that the loss computed in its forward (compute dtype). Transient: in the
+    backward, the fp32 hidden gradient and the norm's fp32 gradients (three [dim] tensors)."""
+    d = cfg.model.dim
+    return 2 * FP32 * d + FP32 + a * d, 3 * FP32 * d
+
+
+def loss_forward_transient(cfg: Config, a: int, tokens: int) -> int:
+    """Bytes the chunked loss holds on top of the kept tensors while its forward runs: the
+    norm's fp32 output and one chunk's fp32 logits (turned in place into their gradient); under
+    autocast also the chunk's bf16 logits or gradient and rows, and the weight's bf16 cast and
+    per-chunk bf16 gradient product. Its fp32 weight gradient becomes the weight's .grad, which
+    `gradients` counts."""
+    m = cfg.model
+    c = min(cfg.train.loss_chunk_tokens, tokens)
+    chunk = FP32 * c * m.vocab_size
+    if a != FP32:
+        chunk += a * c * (m.vocab_size + m.dim) + 2 * a * m.vocab_size * m.dim
+    return FP32 * m.dim * tokens + chunk
 
 
 def block_transient_per_token(cfg: Config, a: int) -> float:
@@ -170,6 +184,7 @@ def estimate_memory(cfg: Config, device_type: str = "cuda") -> MemoryEstimate:
     params, grads, opt, how = state_bytes(cfg, world)
     tokens = t.micro_batch_size * t.seq_len // cfg.parallel.cp_degree  # per rank
     head_kept, head_transient = head_bytes_per_token(cfg, a)
+    loss_transient = loss_forward_transient(cfg, a, tokens)
     block_transient = block_transient_per_token(cfg, a)
     sparse = set(cfg.sparse_layers())
     activations, transient = {}, {}
@@ -186,7 +201,7 @@ def estimate_memory(cfg: Config, device_type: str = "cuda") -> MemoryEstimate:
             kept = sum(per_layer) + head_kept
             worst = max(head_transient, block_transient - head_kept)
         activations[stage] = int(kept * tokens)
-        transient[stage] = int(max(worst, 0) * tokens)
+        transient[stage] = int(max(worst * tokens, loss_transient, 0))
     notes = [how, f"activations: {'bf16' if a == 2 else 'fp32'}, {tokens:,} tokens per rank"]
     if t.activation_checkpointing:
         notes.append("activation checkpointing: one block recomputed at a time")

@@ -196,6 +196,8 @@ class TrainConfig:
     """DeepSpeed ZeRO stage 0-3."""
     activation_checkpointing: bool = False
     """Recompute each block in the backward (saves activation memory at long seq_len)."""
+    loss_chunk_tokens: int = 8192
+    """Tokens per chunk of the output projection + cross-entropy (full logits never exist)."""
     dtype: str = "auto"
     """Compute dtype: auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16."""
     device: str = "auto"
@@ -485,7 +487,7 @@ def validate(cfg: Config, world_size: int) -> None:
         check_lighthouse_layout(cfg)
     if not 0 <= t.stage1_steps <= t.steps:
         raise ValueError(f"train.stage1_steps={t.stage1_steps} must be in [0, steps={t.steps}]")
-    for key in ("steps", "micro_batch_size", "grad_accum_steps", "log_every"):
+    for key in ("steps", "micro_batch_size", "grad_accum_steps", "log_every", "loss_chunk_tokens"):
         if getattr(t, key) < 1:
             raise ValueError(f"train.{key}={getattr(t, key)} must be >= 1")
     for key, value, options in (

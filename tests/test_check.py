@@ -7,7 +7,6 @@ import weakref
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -179,13 +178,15 @@ def measured_peak_bytes(overrides: list[str], steps: int = 2) -> tuple[int, obje
             for p in model.parameters():
                 mode.track(p)
             for _ in range(steps):
-                logits = engine(ids[:, :-1], positions)
-                loss = F.cross_entropy(
-                    logits.float().flatten(0, 1), ids[:, 1:].flatten(), reduction="sum"
+                loss = engine(
+                    ids[:, :-1],
+                    positions,
+                    labels=ids[:, 1:],
+                    loss_chunk_tokens=cfg.train.loss_chunk_tokens,
                 )
                 engine.backward(loss / n)
                 engine.step()
-                del logits, loss
+                del loss
     finally:
         destroy_distributed()
     return mode.peak, cfg
@@ -201,8 +202,15 @@ def measured_peak_bytes(overrides: list[str], steps: int = 2) -> tuple[int, obje
             "--train.seq_len=1024",
             "--lighthouse.num_levels=2",
         ],
+        [  # the loss's working set dominates: one 256-token chunk of an 8K vocab
+            "--train.activation_checkpointing=true",
+            "--train.seq_len=1024",
+            "--lighthouse.num_levels=2",
+            "--model.vocab_size=8192",
+            "--train.loss_chunk_tokens=256",
+        ],
     ],
-    ids=["tiny-lighthouse", "tiny-dense-N1024", "tiny-ac-N1024"],
+    ids=["tiny-lighthouse", "tiny-dense-N1024", "tiny-ac-N1024", "tiny-ac-vocab8k-chunk256"],
 )
 def test_check_memory_estimate_within_20_percent_of_measured_cpu_step(overrides):
     torch.set_num_threads(2)

@@ -120,6 +120,7 @@ def test_config_wrong_type_names_key_type_and_valid_keys(override, expected):
         (["--lighthouse.topk=100"], 1, "topk=100 must be a positive multiple of 128"),
         (["--lighthouse.full_attn_layers=[0, 9]"], 1, "outside [0, num_layers=4)"),
         (["--train.stage1_steps=11"], 1, "stage1_steps=11 must be in [0, steps=10]"),
+        (["--train.loss_chunk_tokens=0"], 1, "train.loss_chunk_tokens=0 must be >= 1"),
     ],
     ids=[
         "zigzag-2cp",
@@ -133,6 +134,7 @@ def test_config_wrong_type_names_key_type_and_valid_keys(override, expected):
         "topk",
         "layer-range",
         "stages",
+        "loss-chunk",
     ],
 )
 def test_config_invalid_layout_rejected_with_numbers(overrides, world, expected):

@@ -11,6 +11,7 @@ from torch import nn
 from lhdist.config import ModelConfig
 from lhdist.model.attention import AttentionFn, causal_attention
 from lhdist.model.rope import apply_rope, rope_angles
+from lhdist.train.loss import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, chunked_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -75,7 +76,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Causal LM: token ids [B, N] and their global positions [N] or [B, N] -> logits [B, N, V].
+    """Causal LM: token ids [B, N] and their global positions [N] or [B, N] -> logits [B, N, V],
+    or, given labels [B, N], the summed token loss without materialising the logits.
 
     `self.attention` is the injected attention function; it defaults to dense causal SDPA on
     one device.
@@ -110,12 +112,32 @@ class Transformer(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The final normed hidden state [B, N, dim]: what the output projection reads."""
         cos, sin = rope_angles(positions, self.head_dim, self.args.rope_theta)
         h = self.tok_embeddings(input_ids)
         for layer in self.layers:
             h = layer(h, cos, sin, self.attention)
-        return self.output(self.norm(h))
+        return self.norm(h)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    ) -> torch.Tensor:
+        """Logits [B, N, V]; with `labels` [B, N] the fp32 SUM of the token losses (labels
+        IGNORE_INDEX count nothing), computed `loss_chunk_tokens` rows at a time.
+
+        The loss is computed here, not by the caller, so that under ZeRO-3 the output weight is
+        read inside the engine's forward, where DeepSpeed gathers it."""
+        hidden = self.hidden_states(input_ids, positions)
+        if labels is None:
+            return self.output(hidden)
+        return chunked_cross_entropy(
+            hidden, self.output.weight, labels, IGNORE_INDEX, loss_chunk_tokens
+        )
 
 
 def build_model(

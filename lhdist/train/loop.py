@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from lhdist.check import job_preflight
 from lhdist.config import Config
@@ -26,11 +25,10 @@ from lhdist.train import checkpoint as ckpt
 from lhdist.train.data import build_dataloader, validate_dataset
 from lhdist.train.engine import build_engine
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
+from lhdist.train.loss import IGNORE_INDEX
 from lhdist.train.metrics import MetricsLogger, memory_gib
 from lhdist.train.schedule import stage_at
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
-
-IGNORE_INDEX = -100
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -160,13 +158,11 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
         for input_ids, labels in micro_batches:
             set_phase("forward", step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = engine(input_ids, positions)
-            loss_sum = F.cross_entropy(
-                logits.float().flatten(0, 1),
-                labels.flatten(),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
+                # The model sums the token losses itself, a chunk of logits at a time: the full
+                # [tokens, vocab] logits, their fp32 copy and gradient never exist.
+                loss_sum = engine(
+                    input_ids, positions, labels=labels, loss_chunk_tokens=t.loss_chunk_tokens
+                )
             set_phase("backward", step)
             engine.backward(loss_sum / global_tokens)
             total_loss += loss_sum.detach()
