@@ -213,10 +213,11 @@ def estimate_memory(cfg: Config, device_type: str = "cuda") -> MemoryEstimate:
 
 def ring_bytes(kv_bytes: int, world: int, a: int) -> tuple[int, int]:
     """(forward, backward) bytes one rank sends in one ring attention call: W-1 k/v hops each
-    way, plus W hops of the fp32 dk/dv accumulators in the backward."""
+    way, plus W-1 hops of the dk/dv accumulators in the backward (the first, one block's
+    share, in the activation dtype; later ones fp32)."""
     if world == 1:
         return 0, 0
-    return (world - 1) * kv_bytes, (world - 1) * kv_bytes + world * kv_bytes * FP32 // a
+    return (world - 1) * kv_bytes, world * kv_bytes + (world - 2) * kv_bytes * FP32 // a
 
 
 def layer_comm(cfg: Config, a: int, kind: str) -> dict[str, tuple[int, int]]:

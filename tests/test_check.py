@@ -100,10 +100,11 @@ def test_check_comm_scales_with_the_layout():
         return estimate_comm(cfg), cfg
 
     c8, cfg8 = comm(world=32)
-    # Dense ring, stage 2: per layer fwd (W-1)*kv, bwd (W-1)*kv + W fp32 accumulators.
+    # Dense ring, stage 2: per layer fwd (W-1)*kv, bwd (W-1)*kv + W-1 accumulator hops (the
+    # first in bf16, the rest fp32).
     m, n = cfg8.model, cfg8.train.seq_len // 8
     kv = 2 * n * m.num_kv_heads * (m.dim // m.num_heads) * 2
-    per_layer = 7 * kv + 7 * kv + 8 * kv * 2
+    per_layer = 7 * kv + 7 * kv + kv + 6 * kv * 2
     fwd_twice = 7 * kv  # activation checkpointing repeats the forward
     expected = m.num_layers * (per_layer + fwd_twice) * cfg8.train.grad_accum_steps
     assert c8.attention[2]["ring (dense)"] == expected

@@ -288,10 +288,13 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
 
     fine_sent = is_fine.reshape(-1)[send_ids]
     rows_sent = flat_row.reshape(-1)[send_ids]
+    # Where the other kind of row applies, a stand-in row (distinct per entry: index adds to
+    # one shared row would serialise on its atomics) receives exact zeros.
+    stand_in = torch.arange(len(send_ids), device=device)
     mine = FlatEntries(
         fine_sent,
-        torch.where(fine_sent, rows_sent, 0),  # row 0 stands in where the other kind applies
-        torch.where(fine_sent, 0, rows_sent),
+        torch.where(fine_sent, rows_sent, stand_in % (Bn * N_c * G)),
+        torch.where(fine_sent, stand_in % (Bn * Pc * G), rows_sent),
     )
     b_r = recv_ids // (G * S)
     g_r = recv_ids // S % G

@@ -6,9 +6,11 @@ D head dim, W CP group size, C chunk length (S / chunks per rank).
 Forward, W steps: at step s rank r holds the k/v of rank r - s. It posts the send of that block
 to rank r + 1 (and the receive of the next one) first, computes its queries against the block
 with `attention_with_lse`, merges into fp32 accumulators through the log-sum-exp, then waits for
-the transfer. Backward is a second ring: k/v travel the same way, and fp32 dk/dv accumulators
-travel with them, each rank adding its share, so after W steps (one more hop than k/v) every
-accumulator is back home holding the full gradient of its block.
+the transfer. Backward is a second ring: k/v travel the same way; each rank keeps its own
+block's dk/dv share at home, and the accumulator of the other ranks' shares starts at the
+first rank after the owner and travels with the k/v, each rank adding its share, so after W-1
+hops it arrives home. Its first hop holds one block's share, exact in the input dtype (half the
+bytes of fp32); later hops carry fp32 sums.
 
 Which (query chunk, key chunk) pairs are computed is decided per chunk: a key chunk earlier
 than the query chunk is a full block, the same chunk a causal (diagonal) block, a later one
@@ -72,6 +74,16 @@ def _plan_blocks(
     return tuple(blocks)
 
 
+@functools.lru_cache(maxsize=256)
+def _one_block_per_rank(world: int, layout: str, causal: bool) -> bool:
+    """Whether every rank computes at most one block against the k/v it holds at step 1."""
+    return all(
+        len(_plan_blocks(local_chunk_ids(r, world, layout),
+                         local_chunk_ids((r - 1) % world, world, layout), causal)) <= 1
+        for r in range(world)
+    )  # fmt: skip
+
+
 def _merge_block(
     out_acc: Tensor, lse_acc: Tensor, rows: slice, out_blk: Tensor, lse_blk: Tensor
 ) -> None:
@@ -104,10 +116,8 @@ class _RingAttention(torch.autograd.Function):
         my_chunks = local_chunk_ids(rank, world, layout)
         chunk_len = q_BHSD.shape[2] // len(my_chunks)
         kv_2BGSD = torch.stack([k_BGSD, v_BGSD])
-        B, H, S, D = q_BHSD.shape
         acc = lse_dtype(q_BHSD.dtype)
-        out_acc = torch.zeros(B, H, S, D, dtype=acc, device=q_BHSD.device)
-        lse_acc = torch.full((B, H, S), float("-inf"), dtype=acc, device=q_BHSD.device)
+        out_acc = lse_acc = None
 
         for step in range(world):
             transfer = comm.start(kv_2BGSD, _KV_TAG) if step + 1 < world else None
@@ -122,7 +132,11 @@ class _RingAttention(torch.autograd.Function):
                     blk.causal,
                     scale,
                 )
-                _merge_block(out_acc, lse_acc, rows, out_blk, lse_blk)
+                if out_acc is None:  # step 0, the own block: it covers every query row
+                    assert rows == slice(0, q_BHSD.shape[2]), "the first block covers all rows"
+                    out_acc, lse_acc = out_blk.to(acc), lse_blk.to(acc)
+                else:
+                    _merge_block(out_acc, lse_acc, rows, out_blk, lse_blk)
             if transfer is not None:
                 kv_2BGSD = transfer.wait()
 
@@ -141,13 +155,17 @@ class _RingAttention(torch.autograd.Function):
         chunk_len = q_BHSD.shape[2] // len(my_chunks)
         kv_2BGSD = torch.stack([k_BGSD, v_BGSD])
         acc = lse_BHS.dtype
-        dq_BHSD = torch.zeros(q_BHSD.shape, dtype=acc, device=q_BHSD.device)
-        dkv_transfer = None
+        # A travelling dk/dv accumulator holding one block's share is exact in the input dtype
+        # (half the bytes of fp32); every rank must agree on the dtype of each hop.
+        single_share = _one_block_per_rank(world, ctx.layout, ctx.causal)
+        first_hop_dtype = q_BHSD.dtype if single_share else acc
+        dq_BHSD = own_dkv = travelling = None
 
         for step in range(world):
             kv_transfer = comm.start(kv_2BGSD, _KV_TAG) if step + 1 < world else None
             src_chunks = local_chunk_ids((rank - step) % world, world, ctx.layout)
-            dkv_2BGSD = torch.zeros(kv_2BGSD.shape, dtype=acc, device=q_BHSD.device)
+            share_dtype = acc if step != 1 else first_hop_dtype
+            dkv_2BGSD = kv_2BGSD.new_zeros(kv_2BGSD.shape, dtype=share_dtype)
             for blk in _plan_blocks(my_chunks, src_chunks, ctx.causal):
                 rows = slice(blk.q_lo * chunk_len, blk.q_hi * chunk_len)
                 cols = slice(blk.kv_lo * chunk_len, blk.kv_hi * chunk_len)
@@ -161,19 +179,26 @@ class _RingAttention(torch.autograd.Function):
                     blk.causal,
                     ctx.scale,
                 )
-                dq_BHSD[:, :, rows] += dq
+                if dq_BHSD is None:  # step 0, the own block: it covers every query row
+                    dq_BHSD = dq.to(acc)
+                else:
+                    dq_BHSD[:, :, rows] += dq
                 dkv_2BGSD[0, :, :, cols] += dk
                 dkv_2BGSD[1, :, :, cols] += dv
-            if dkv_transfer is not None:
-                # The accumulator of this block, sent by the previous rank after its last step.
-                dkv_2BGSD += dkv_transfer.wait()
-            if world > 1:
-                dkv_transfer = comm.start(dkv_2BGSD, _DKV_TAG)
+            if step == 0:
+                own_dkv = dkv_2BGSD  # stays here; the other ranks' shares come home at the end
+            else:
+                # The accumulator of the block of rank - step starts at the first rank after
+                # its owner (step 1) and travels on; after step W-1 the next rank is the owner.
+                if step > 1:
+                    dkv_2BGSD = travelling.wait().to(acc) + dkv_2BGSD
+                travelling = comm.start(dkv_2BGSD, _DKV_TAG)
             if kv_transfer is not None:
                 kv_2BGSD = kv_transfer.wait()
 
-        if dkv_transfer is not None:  # the last hop brings our own block's accumulator home
-            dkv_2BGSD = dkv_transfer.wait()
+        if travelling is not None:  # the last hop brings the others' shares of our block home
+            own_dkv += travelling.wait()
+        dkv_2BGSD = own_dkv
         dq = dq_BHSD.to(q_BHSD.dtype)
         dk, dv = dkv_2BGSD[0].to(k_BGSD.dtype), dkv_2BGSD[1].to(v_BGSD.dtype)
         return dq, dk, dv, None, None, None, None
