@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import traceback
@@ -56,6 +57,10 @@ def parse_args(argv=None):
     ap.add_argument(
         "--sync-debug", action="store_true", help="print where one fwd+bwd synchronises (rank 0)"
     )
+    ap.add_argument(
+        "--check-graph", action="store_true",
+        help="assert the CUDA-graph selection gives the eager path's output and gradients",
+    )  # fmt: skip
     ap.add_argument("--name", default=None)
     ap.add_argument("--out-dir", default=None)
     return ap.parse_args(argv)
@@ -96,6 +101,28 @@ def time_fwd_bwd(fn, inputs, device, repeats, warmup, group):
     if device.type == "cuda":
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
+
+
+def check_graph_equals_eager(fn, inputs, show: bool) -> None:
+    """Output and input gradients with LHDIST_SELECTION_GRAPH on (twice: capture, replay) and
+    off must be bitwise equal: the graph replays the same selection."""
+
+    def run():
+        xs = [x.detach().clone().requires_grad_() for x in inputs]
+        out = fn(*xs)
+        out.backward(torch.ones_like(out))
+        return [out.detach()] + [x.grad for x in xs]
+
+    os.environ["LHDIST_SELECTION_GRAPH"] = "off"
+    eager = run()
+    os.environ["LHDIST_SELECTION_GRAPH"] = "on"
+    for _ in range(2):
+        graphed = run()
+        same = all(torch.equal(a, b) for a, b in zip(graphed, eager))
+        if not same:
+            raise AssertionError("graphed selection differs from the eager path")
+    if show:
+        print("--- graph == eager (output, dq, dk, dv): True", flush=True)
 
 
 def report_syncs(fn, inputs, show: bool) -> None:
@@ -207,6 +234,8 @@ def main(argv=None):
                 for key in ("self_cuda_time_total", "self_cpu_time_total"):
                     table = averages.table(sort_by=key, row_limit=16, max_name_column_width=50)
                     print(f"--- profile {mode} {attention or ''} by {key}\n{table}", flush=True)
+        if args.check_graph and device.type == "cuda" and mode != "dense":
+            check_graph_equals_eager(fn, xs_once, show=rank == 0)
         if args.sync_debug and device.type == "cuda":  # every rank runs the collectives
             report_syncs(fn, xs_once, show=rank == 0)
         row = {"mode": mode, "attention": attention, "N": N, "N_local": N // world, "world": world}

@@ -36,12 +36,15 @@ from lhdist.ops.lighthouse import select_and_gather
 from lhdist.ops.pyramid import coarse_pyramid, group_max, score_pyramid
 from lhdist.ops.scatter import add_halo_, scatter_entries_with_spill
 from lhdist.ops.selection import cascade
+from lhdist.ops.selection_graph import graph_applies, replay_graph
 from lhdist.ops.spec import TILE_BUDGET, LighthouseSpec, check_qkv
 from lhdist.parallel.allgather_attention import allgather_attention
 from lhdist.parallel.collectives import (
+    CommStats,
     all_gather,
     all_to_all,
     check_same_across_ranks,
+    record_comm,
     reduce_scatter,
 )
 from lhdist.parallel.ring_attention import ring_attention_heads_first
@@ -204,25 +207,54 @@ def _exchange_scores(local_BGXC: Tensor, group) -> Tensor:
     return summed[: local_BGXC.numel()].view(local_BGXC.shape)
 
 
-def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tuple[Tensor, Tensor]:
-    """Global mode: one cascade over all chunks, rows moved to the attending rank and back;
-    (out [Bn, N_c, H, D], spill)."""
-    world = dist.get_world_size(group) if group is not None or dist.is_initialized() else 1
-    rank = dist.get_rank(group) if world > 1 else 0
-    Bn, N_c, H, D = q_c.shape
-    G, n = k_c.shape[2], len(my_chunks)
-    B = Bn // n
-    device = q_c.device
-    chunks = num_chunks(world, layout)
+class _CallRecorder(CommStats):
+    """A CommStats that also keeps every record, to book a graph replay's traffic again."""
 
-    # --- selection: candidate scores are filled by their owner and exchanged, level by level.
-    with torch.no_grad():
-        # One read of q and k gives their coarse levels (gathered below) and their scores.
-        q_coarse, q_norms = coarse_pyramid(q_c.detach(), spec, with_norms=True)
-        k_coarse, k_norms = coarse_pyramid(k_c.detach(), spec, with_norms=True)
-        v_coarse, _ = coarse_pyramid(v_c.detach(), spec)
-        sq_levels = score_pyramid(group_max(q_norms, G), spec)  # [Bn, G, N_c / c_l]
-        sk_levels = score_pyramid(k_norms.transpose(1, 2), spec)
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int, str]] = []
+
+    def record(self, kind: str, nbytes: int, phase: str = "forward") -> None:
+        super().record(kind, nbytes, phase)
+        self.calls.append((kind, nbytes, phase))
+
+
+# Per captured global-selection graph: the collectives one replay makes (kind, bytes, phase).
+_replay_traffic: dict[tuple, list[tuple[str, int, str]]] = {}
+
+
+@torch.no_grad()
+def _select_global(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor:
+    """The global cascade over the scores of this rank's chunks [Bn, G, N_c]; [B, G, S].
+
+    On CUDA it is captured with its score exchanges (NCCL collectives) in a CUDA graph and
+    replayed: a few hundred small launches per call would otherwise leave the GPU waiting."""
+    run = functools.partial(
+        _global_cascade, spec=spec, N=N, my_chunks=my_chunks, world=world, group=group
+    )
+    nccl = world == 1 or "nccl" in str(dist.get_backend(group))
+    if not (graph_applies(score_q) and nccl):
+        return run(score_q, score_k)
+    key = ("cp_global", spec, N, tuple(my_chunks), world, id(group) if world > 1 else None)
+    if key in _replay_traffic:
+        for kind, nbytes, phase in _replay_traffic[key]:
+            record_comm(kind, nbytes, phase)
+        return replay_graph(run, (score_q, score_k), key)
+    # First call: the warm-up and the capture each record one call's traffic, and the warm-up
+    # and the replay each send it, so the books balance; later replays book it explicitly.
+    with _CallRecorder() as recorder:
+        idx_BGS = replay_graph(run, (score_q, score_k), key)
+    _replay_traffic[key] = recorder.calls[: len(recorder.calls) // 2]
+    return idx_BGS
+
+
+def _global_cascade(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor:
+    """Candidate scores are filled by their owner and exchanged, level by level."""
+    Bn, G, N_c = score_q.shape
+    n = len(my_chunks)
+    B, device = Bn // n, score_q.device
+    sq_levels = score_pyramid(score_q, spec)  # [Bn, G, N_c / c_l]
+    sk_levels = score_pyramid(score_k, spec)
 
     def fetch(level: int, cand: Tensor):
         per_chunk = N_c // spec.window(level)
@@ -238,7 +270,27 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
         both = _exchange_scores(local, group) if world > 1 else local
         return both[0], both[1]
 
-    idx_BGS = cascade(fetch, B, G, N, spec, device)
+    return cascade(fetch, B, G, N, spec, device)
+
+
+def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tuple[Tensor, Tensor]:
+    """Global mode: one cascade over all chunks, rows moved to the attending rank and back;
+    (out [Bn, N_c, H, D], spill)."""
+    world = dist.get_world_size(group) if group is not None or dist.is_initialized() else 1
+    rank = dist.get_rank(group) if world > 1 else 0
+    Bn, N_c, H, D = q_c.shape
+    G, n = k_c.shape[2], len(my_chunks)
+    B = Bn // n
+    device = q_c.device
+    chunks = num_chunks(world, layout)
+
+    with torch.no_grad():
+        # One read of q and k gives their coarse levels (gathered below) and their scores.
+        q_coarse, q_norms = coarse_pyramid(q_c.detach(), spec, with_norms=True)
+        k_coarse, k_norms = coarse_pyramid(k_c.detach(), spec, with_norms=True)
+        v_coarse, _ = coarse_pyramid(v_c.detach(), spec)
+        score_q, score_k = group_max(q_norms, G), k_norms.transpose(1, 2)  # [Bn, G, N_c]
+    idx_BGS = _select_global(score_q, score_k, spec, N, my_chunks, world, group)
     S = idx_BGS.shape[-1]
     S_c = S // chunks
 
