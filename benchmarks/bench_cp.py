@@ -105,7 +105,9 @@ def time_fwd_bwd(fn, inputs, device, repeats, warmup, group):
 
 def check_graph_equals_eager(fn, inputs, show: bool) -> None:
     """Output and input gradients with LHDIST_SELECTION_GRAPH on (twice: capture, replay) and
-    off must be bitwise equal: the graph replays the same selection."""
+    off must be bitwise equal: the graph replays the same selection. Where the eager path
+    itself is not bitwise reproducible (atomics in an attention backward), the graphed run
+    must differ from eager by no more than eager differs from itself."""
 
     def run():
         xs = [x.detach().clone().requires_grad_() for x in inputs]
@@ -113,16 +115,23 @@ def check_graph_equals_eager(fn, inputs, show: bool) -> None:
         out.backward(torch.ones_like(out))
         return [out.detach()] + [x.grad for x in xs]
 
+    def max_diff(a_list, b_list) -> float:
+        return max((a.float() - b.float()).abs().max().item() for a, b in zip(a_list, b_list))
+
     os.environ["LHDIST_SELECTION_GRAPH"] = "off"
-    eager = run()
+    eager, eager_again = run(), run()
+    noise = max_diff(eager, eager_again)
     os.environ["LHDIST_SELECTION_GRAPH"] = "on"
-    for _ in range(2):
-        graphed = run()
-        same = all(torch.equal(a, b) for a, b in zip(graphed, eager))
-        if not same:
-            raise AssertionError("graphed selection differs from the eager path")
+    for attempt in ("capture", "replay"):
+        diff = max_diff(run(), eager)
+        if diff > noise:
+            raise AssertionError(
+                f"graphed selection differs from the eager path ({attempt}): max |diff| "
+                f"{diff:.3g} > eager run-to-run {noise:.3g}"
+            )
     if show:
-        print("--- graph == eager (output, dq, dk, dv): True", flush=True)
+        print(f"--- graph == eager (output, dq, dk, dv): max |diff| 0 beyond eager's own "
+              f"run-to-run {noise:.3g}", flush=True)  # fmt: skip
 
 
 def report_syncs(fn, inputs, show: bool) -> None:

@@ -6,12 +6,16 @@ milliseconds of CPU, during which the GPU waits. Shapes are the same in every la
 the cascade is captured once per (shape, spec, device) and replayed: one launch. Global
 selection under context parallelism captures its score exchanges (NCCL) along with it.
 
-`LHDIST_SELECTION_GRAPH=off` turns it off (the eager path gives identical indices).
+Every capture is verified once: its first replay must give exactly the eager warm-up's indices
+(on every rank, when collectives are captured). A capture that does not is dropped with a
+warning and that key runs eager from then on, so a graph can cost speed, never correctness.
+`LHDIST_SELECTION_GRAPH=off` turns graphs off (the eager path gives identical indices).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +25,8 @@ from torch import Tensor
 from lhdist.ops.spec import LighthouseSpec
 
 Select = Callable[[Tensor, Tensor, LighthouseSpec], Tensor]
+# Reduces "this rank's replay matched" over the ranks whose collectives the graph holds.
+AllAgree = Callable[[bool], bool]
 
 
 @dataclass
@@ -30,7 +36,8 @@ class _Captured:
     output: Tensor  # static output, overwritten by every replay
 
 
-_captured: dict[tuple, _Captured] = {}
+# A key maps to its graph, or to None once its capture failed verification (runs eager).
+_captured: dict[tuple, _Captured | None] = {}
 
 
 def graph_applies(x: Tensor) -> bool:
@@ -43,34 +50,74 @@ def graph_applies(x: Tensor) -> bool:
     )
 
 
-def _capture(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...]) -> _Captured:
+def _capture(
+    fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], collectives: bool
+) -> tuple[_Captured, Tensor]:
+    """The captured graph and the eager warm-up's output."""
     static = tuple(x.clone() for x in inputs)
     device = inputs[0].device
     # Warm up on a side stream (lazy initialisations must not happen during capture).
     side = torch.cuda.Stream(device=device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        fn(*static)
+        eager = fn(*static)
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # NCCL's own threads make CUDA calls while a collective is captured: NCCL asks for
+    # thread-local capture so that those calls do not invalidate it.
+    mode = "thread_local" if collectives else "global"
+    with torch.cuda.graph(graph, capture_error_mode=mode):
         output = fn(*static)
-    return _Captured(graph, static, output)
+    return _Captured(graph, static, output), eager
 
 
-def replay_graph(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], key: tuple) -> Tensor:
+def _full_key(key: tuple, inputs: tuple[Tensor, ...]) -> tuple:
+    return (*key, *((tuple(x.shape), x.stride(), x.dtype, x.device) for x in inputs))
+
+
+def graph_dropped(key: tuple, inputs: tuple[Tensor, ...]) -> bool:
+    """Whether `key`'s capture (for inputs of these shapes) failed verification."""
+    full = _full_key(key, inputs)
+    return full in _captured and _captured[full] is None
+
+
+def replay_graph(
+    fn: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    key: tuple,
+    all_agree: AllAgree | None = None,
+) -> Tensor:
     """`fn(*inputs)` (a function of the inputs' values only, same shapes for the same `key`),
-    run from a CUDA graph captured on first use of `key`: warm-up, capture, then replay.
+    run from a CUDA graph captured on first use of `key`: warm-up, capture, verified replay.
 
-    fn may call NCCL collectives (every rank of the group must make the same calls)."""
-    key = (*key, *((tuple(x.shape), x.stride(), x.dtype, x.device) for x in inputs))
+    fn may call collectives (every rank of the group must make the same calls); then pass
+    `all_agree`, which every rank calls once per key to agree on keeping the graph."""
+    if graph_dropped(key, inputs):
+        return fn(*inputs)
+    key = _full_key(key, inputs)
     captured = _captured.get(key)
+    eager = None
     if captured is None:
-        captured = _captured[key] = _capture(fn, inputs)
+        captured, eager = _capture(fn, inputs, collectives=all_agree is not None)
     for static, x in zip(captured.inputs, inputs):
         static.copy_(x)
     captured.graph.replay()
-    return captured.output.clone()
+    output = captured.output.clone()
+    if eager is not None:  # first replay: the capture must reproduce the eager warm-up
+        same = output.shape == eager.shape and bool(torch.equal(output, eager))
+        if all_agree is not None:
+            same = all_agree(same)
+        if not same:
+            warnings.warn(
+                f"lhdist: the CUDA graph of {key[0]!r} did not reproduce its eager run; "
+                "running it eager from now on (slower, same results)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _captured[key] = None
+            return eager
+        _captured[key] = captured
+    return output
 
 
 def replay_selection(

@@ -36,7 +36,7 @@ from lhdist.ops.lighthouse import select_and_gather
 from lhdist.ops.pyramid import coarse_pyramid, group_max, score_pyramid
 from lhdist.ops.scatter import add_halo_, scatter_entries_with_spill
 from lhdist.ops.selection import cascade
-from lhdist.ops.selection_graph import graph_applies, replay_graph
+from lhdist.ops.selection_graph import graph_applies, graph_dropped, replay_graph
 from lhdist.ops.spec import TILE_BUDGET, LighthouseSpec, check_qkv
 from lhdist.parallel.allgather_attention import allgather_attention
 from lhdist.parallel.collectives import (
@@ -44,6 +44,7 @@ from lhdist.parallel.collectives import (
     all_gather,
     all_to_all,
     check_same_across_ranks,
+    comm_device,
     record_comm,
     reduce_scatter,
 )
@@ -236,16 +237,27 @@ def _select_global(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor
     if not (graph_applies(score_q) and nccl):
         return run(score_q, score_k)
     key = ("cp_global", spec, N, tuple(my_chunks), world, id(group) if world > 1 else None)
+    agree = functools.partial(_all_ranks_agree, group=group) if world > 1 else None
+    if graph_dropped(key, (score_q, score_k)):  # its capture failed verification
+        return run(score_q, score_k)
     if key in _replay_traffic:
         for kind, nbytes, phase in _replay_traffic[key]:
             record_comm(kind, nbytes, phase)
-        return replay_graph(run, (score_q, score_k), key)
+        return replay_graph(run, (score_q, score_k), key, agree)
     # First call: the warm-up and the capture each record one call's traffic, and the warm-up
     # and the replay each send it, so the books balance; later replays book it explicitly.
     with _CallRecorder() as recorder:
-        idx_BGS = replay_graph(run, (score_q, score_k), key)
+        idx_BGS = replay_graph(run, (score_q, score_k), key, agree)
     _replay_traffic[key] = recorder.calls[: len(recorder.calls) // 2]
     return idx_BGS
+
+
+def _all_ranks_agree(same: bool, group) -> bool:
+    """True on every rank iff `same` is True on every rank (one tiny all-reduce, once per key)."""
+    flag = torch.tensor([int(same)], device=comm_device(group))
+    record_comm("check", flag.numel() * flag.element_size())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag.item())
 
 
 def _global_cascade(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor:

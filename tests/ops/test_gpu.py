@@ -104,3 +104,23 @@ def test_gpu_compiled_block_has_no_graph_break():
     torch._dynamo.reset()
     compiled_fixed = torch.compile(lambda x: block(x, cos, sin, attn_fixed), fullgraph=True)
     torch.testing.assert_close(compiled_fixed(x).float(), eager.float(), atol=6e-2, rtol=6e-2)
+
+
+def test_gpu_graph_that_differs_from_eager_is_dropped():
+    """A capture whose replay does not reproduce the eager warm-up is dropped with a warning:
+    the first call returns the eager result and later calls run eager (here the function reads
+    host state, which a graph freezes at capture time)."""
+    from lhdist.ops.selection_graph import graph_dropped, replay_graph
+
+    calls = []
+
+    def host_dependent(x):
+        calls.append(None)
+        return x + len(calls)  # warm-up adds 1, the capture freezes 2
+
+    x = torch.zeros(4, device="cuda")
+    with pytest.warns(RuntimeWarning, match="did not reproduce"):
+        first = replay_graph(host_dependent, (x,), ("test_drop",))
+    assert torch.equal(first, torch.full_like(x, 1.0))  # the eager warm-up's value
+    assert graph_dropped(("test_drop",), (x,))
+    assert torch.equal(replay_graph(host_dependent, (x,), ("test_drop",)), x + 3)  # eager again
