@@ -117,14 +117,26 @@ def attention_fn(cfg: Config, mode: str, group):
     return lambda q, k, v: lighthouse_cp_attention(q, k, v, spec, group, layout)
 
 
-def layer_rows(cfg: Config, dims, device, dtype, args) -> list[dict]:
+class SavedRows(list):
+    """Result rows, rewritten to the results file after each one: a job killed by its time
+    limit (a 1M-token step on one GPU takes minutes) keeps everything it measured."""
+
+    def __init__(self, save) -> None:
+        super().__init__()
+        self._save = save
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        self._save(self)
+
+
+def layer_rows(cfg: Config, dims, device, dtype, args, rows: list[dict]) -> list[dict]:
     m, t = cfg.model, cfg.train
     cp, group = dims.cp_degree, dims.cp_group
     shape = SimpleNamespace(
         heads=m.num_heads, kv_heads=m.num_kv_heads, head_dim=m.dim // m.num_heads
     )
     a = compute_bytes(cfg, device.type)
-    rows = []
     for mode in args.modes.split(","):
         row = {"part": "layer", "mode": mode, "N": t.seq_len, "N_local": t.seq_len // cp, "cp": cp}
         try:
@@ -161,7 +173,7 @@ def layer_rows(cfg: Config, dims, device, dtype, args) -> list[dict]:
     return rows
 
 
-def step_rows(cfg: Config, dims, device, args) -> list[dict]:
+def step_rows(cfg: Config, dims, device, args, rows: list[dict]) -> list[dict]:
     """One training step (one micro-batch) per mode: tile/global in stage 1, dense in stage 2."""
     t = cfg.train
     model = build_model(cfg.model, seed=t.seed, device=device)
@@ -173,7 +185,6 @@ def step_rows(cfg: Config, dims, device, args) -> list[dict]:
         t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout, device=device
     )
     n_local = t.seq_len // dims.cp_degree
-    rows = []
     for mode in args.modes.split(","):
         row = {
             "part": "step",
@@ -254,21 +265,26 @@ def main(argv=None) -> None:
     dtype = torch.bfloat16 if compute_bytes(cfg, device.type) == 2 else torch.float32
     dims = ParallelDims(cfg.parallel.dp_degree, cfg.parallel.cp_degree, world).build_groups()
     parts = args.parts.split(",")
-    rows = layer_rows(cfg, dims, device, dtype, args) if "layer" in parts else []
+    name = args.name or f"1m_job_W{world}_cp{dims.cp_degree}_{device.type}"
+    header = {
+        "environment": environment(),
+        "args": vars(args),
+        "overrides": overrides,
+        "world": world,
+        "layout": {"dp": dims.dp_degree, "cp": dims.cp_degree, "layout": cfg.parallel.layout},
+        "config": cfg.to_dict(),
+    }
+
+    def save(rows: list[dict]) -> None:
+        if dims.rank == 0:
+            path = write_results(name, {**header, "rows": rows}, args.out_dir)
+            print(f"wrote {path} ({len(rows)} rows)", flush=True)
+
+    rows = SavedRows(save)
+    if "layer" in parts:
+        layer_rows(cfg, dims, device, dtype, args, rows)
     if "step" in parts:
-        rows += step_rows(cfg, dims, device, args)
-    if dims.rank == 0:
-        payload = {
-            "environment": environment(),
-            "args": vars(args),
-            "overrides": overrides,
-            "world": world,
-            "layout": {"dp": dims.dp_degree, "cp": dims.cp_degree, "layout": cfg.parallel.layout},
-            "config": cfg.to_dict(),
-            "rows": rows,
-        }
-        name = args.name or f"1m_job_W{world}_cp{dims.cp_degree}_{device.type}"
-        print(f"wrote {write_results(name, payload, args.out_dir)}", flush=True)
+        step_rows(cfg, dims, device, args, rows)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -119,6 +119,8 @@ def test_launch_bench_1m_job_smoke_on_two_cpu_ranks(tmp_path):
     out = run(["bash", str(SCRIPTS[0]), *args], env=env, timeout=240)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     (path,) = tmp_path.glob("*_1m_job_W2_cp2_cpu.json")
+    # Rewritten after every measurement, so a job killed by its time limit keeps its rows.
+    assert [f"({n} rows)" in out.stdout for n in range(1, 7)] == [True] * 6
     result = json.loads(path.read_text())
     assert {"date", "torch", "python"} <= result["environment"].keys()
     rows = {(r["part"], r["mode"]): r for r in result["rows"]}
