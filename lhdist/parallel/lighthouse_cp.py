@@ -93,8 +93,8 @@ def lighthouse_cp_attention(
     """This rank's shard of `lighthouse_attention` on the whole sequence, with autograd.
 
     attention: how the gathered sequence is attended across ranks: "ring" (`ring_attention`,
-    the default: 64.5 ms per 1M-token layer on 2 H200s) or "allgather" (its k/v, only
-    O(S*G*D), gathered on every rank; 71.3 ms there).
+    the default, faster on 2 H200s) or "allgather" (its k/v, only O(S*G*D), gathered on
+    every rank; `benchmarks/bench_cp.py --attentions ring,allgather` compares them).
 
     q [B, N/W, H, D], k/v [B, N/W, G, D]: this rank's shard (`shard_sequence` with `layout`).
     Returns [B, N/W, H, D]. Gradients cross ranks through every collective: the all-to-all's
