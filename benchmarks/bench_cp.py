@@ -55,6 +55,11 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="print rank 0's kernel table per mode")
     ap.add_argument(
+        "--trace-dir", default=None,
+        help="with --profile: every rank's chrome trace per mode (gzipped) goes here, to see "
+        "the ranks wait on each other in their collectives",
+    )  # fmt: skip
+    ap.add_argument(
         "--sync-debug", action="store_true", help="print where one fwd+bwd synchronises (rank 0)"
     )
     ap.add_argument(
@@ -238,6 +243,11 @@ def main(argv=None):
             ) as prof:
                 fn(*xs_once).sum().backward()
                 torch.cuda.synchronize()
+            if args.trace_dir:
+                trace_name = f"trace_{mode}_{attention or 'op'}_rank{rank}.json.gz"
+                trace = Path(args.trace_dir) / trace_name
+                trace.parent.mkdir(parents=True, exist_ok=True)
+                prof.export_chrome_trace(str(trace))
             if rank == 0:
                 averages = prof.key_averages()
                 for key in ("self_cuda_time_total", "self_cpu_time_total"):
