@@ -26,6 +26,7 @@ L-1 rows per chunk, all-gathered.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -300,7 +301,6 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
         # One read of q and k gives their coarse levels (gathered below) and their scores.
         q_coarse, q_norms = coarse_pyramid(q_c.detach(), spec, with_norms=True)
         k_coarse, k_norms = coarse_pyramid(k_c.detach(), spec, with_norms=True)
-        v_coarse, _ = coarse_pyramid(v_c.detach(), spec)
         score_q, score_k = group_max(q_norms, G), k_norms.transpose(1, 2)  # [Bn, G, N_c]
     idx_BGS = _select_global(score_q, score_k, spec, N, my_chunks, world, group)
     S = idx_BGS.shape[-1]
@@ -343,10 +343,14 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     send_order = torch.argsort(send_peer * BGS + flat_id)
     recv_order = torch.argsort(recv_peer * BGS + flat_id)
     ones = torch.ones_like(flat_id)
-    counts = torch.cat([
+    counts_dev = torch.cat([
         torch.zeros(world + 1, dtype=torch.int64, device=device).scatter_add_(0, peer, ones)[:world]
         for peer in (send_peer, recv_peer)
-    ]).tolist()  # fmt: skip
+    ])  # fmt: skip
+    # The host waits for the counts while the GPU pools v (queued behind their copy), so the
+    # GPU is not idle while the host resumes launching.
+    counts_host, v_coarse = _to_host_behind(counts_dev, lambda: coarse_pyramid(v_c.detach(), spec))
+    counts = counts_host.tolist()
     send_counts, recv_counts = counts[:world], counts[world:]
     send_ids, recv_ids = send_order[: sum(send_counts)], recv_order[: sum(recv_counts)]
 
@@ -382,6 +386,24 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     o_rows = o_BHSD.transpose(1, 2).reshape(B * S_loc * G, hd)[share_rows]
     back = all_to_all(o_rows, recv_counts, send_counts, group) if world > 1 else o_rows
     return scatter_flat_with_spill(back, mine, (Bn, N_c, H, D), spec)
+
+
+@torch.no_grad()
+def _to_host_behind(
+    x: Tensor, more_work: Callable[[], tuple[Tensor, ...]]
+) -> tuple[Tensor, Tensor]:
+    """(x on the host, more_work()[0]), more_work without autograd: x's copy is queued first and
+    more_work's kernels behind it, then the host waits for the copy alone (an event wait, which
+    CUDA's sync debug mode does not flag: it is still this call's one host sync)."""
+    if not x.is_cuda:
+        return x, more_work()[0]
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    result = more_work()[0]
+    copied.synchronize()
+    return host, result
 
 
 @functools.lru_cache(maxsize=64)
