@@ -62,6 +62,7 @@ def _capture(
     with torch.cuda.stream(side):
         eager = fn(*static)
     torch.cuda.current_stream(device).wait_stream(side)
+    eager.record_stream(torch.cuda.current_stream(device))  # read on this stream later
     graph = torch.cuda.CUDAGraph()
     # NCCL's own threads make CUDA calls while a collective is captured: NCCL asks for
     # thread-local capture so that those calls do not invalidate it.
