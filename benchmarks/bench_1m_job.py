@@ -130,7 +130,7 @@ class SavedRows(list):
         self._save(self)
 
 
-def layer_rows(cfg: Config, dims, device, dtype, args, rows: list[dict]) -> list[dict]:
+def layer_rows(cfg: Config, dims, device, dtype, args, rows: list[dict]) -> None:
     m, t = cfg.model, cfg.train
     cp, group = dims.cp_degree, dims.cp_group
     shape = SimpleNamespace(
@@ -170,10 +170,9 @@ def layer_rows(cfg: Config, dims, device, dtype, args, rows: list[dict]) -> list
         del xs, once
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return rows
 
 
-def step_rows(cfg: Config, dims, device, args, rows: list[dict]) -> list[dict]:
+def step_rows(cfg: Config, dims, device, args, rows: list[dict]) -> None:
     """One training step (one micro-batch) per mode: tile/global in stage 1, dense in stage 2."""
     t = cfg.train
     model = build_model(cfg.model, seed=t.seed, device=device)
@@ -253,7 +252,6 @@ def step_rows(cfg: Config, dims, device, args, rows: list[dict]) -> list[dict]:
                 f"{row['peak_gib']:.2f} GiB (est. {row['estimated_peak_gib']:.2f})",
                 flush=True,
             )
-    return rows
 
 
 def main(argv=None) -> None:

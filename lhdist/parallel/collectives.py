@@ -399,6 +399,14 @@ class RingComm:
 # config agreement
 
 
+def all_ranks_true(flag: bool, group: ProcessGroup | None) -> bool:
+    """True on every rank iff `flag` is True on every rank of `group` (one tiny all-reduce)."""
+    local = torch.tensor([int(flag)], device=comm_device(group))
+    record_comm("check", local.numel() * local.element_size())
+    dist.all_reduce(local, op=dist.ReduceOp.MIN, group=group)
+    return bool(local.item())
+
+
 # (id(group), what, values) already found equal on every rank (see `once_per_config`).
 _agreed_configs: set[tuple[int, str, tuple[int, ...]]] = set()
 

@@ -43,9 +43,9 @@ from lhdist.parallel.allgather_attention import allgather_attention
 from lhdist.parallel.collectives import (
     CommStats,
     all_gather,
+    all_ranks_true,
     all_to_all,
     check_same_across_ranks,
-    comm_device,
     record_comm,
     reduce_scatter,
 )
@@ -238,7 +238,7 @@ def _select_global(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor
     if not (graph_applies(score_q) and nccl):
         return run(score_q, score_k)
     key = ("cp_global", spec, N, tuple(my_chunks), world, id(group) if world > 1 else None)
-    agree = functools.partial(_all_ranks_agree, group=group) if world > 1 else None
+    agree = functools.partial(all_ranks_true, group=group) if world > 1 else None
     if graph_dropped(key, (score_q, score_k)):  # its capture failed verification
         return run(score_q, score_k)
     if key in _replay_traffic:
@@ -251,14 +251,6 @@ def _select_global(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor
         idx_BGS = replay_graph(run, (score_q, score_k), key, agree)
     _replay_traffic[key] = recorder.calls[: len(recorder.calls) // 2]
     return idx_BGS
-
-
-def _all_ranks_agree(same: bool, group) -> bool:
-    """True on every rank iff `same` is True on every rank (one tiny all-reduce, once per key)."""
-    flag = torch.tensor([int(same)], device=comm_device(group))
-    record_comm("check", flag.numel() * flag.element_size())
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
-    return bool(flag.item())
 
 
 def _global_cascade(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor:
@@ -349,7 +341,9 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     ])  # fmt: skip
     # The host waits for the counts while the GPU pools v (queued behind their copy), so the
     # GPU is not idle while the host resumes launching.
-    counts_host, v_coarse = _to_host_behind(counts_dev, lambda: coarse_pyramid(v_c.detach(), spec))
+    counts_host, v_coarse = _to_host_behind(
+        counts_dev, lambda: coarse_pyramid(v_c.detach(), spec)[0]
+    )
     counts = counts_host.tolist()
     send_counts, recv_counts = counts[:world], counts[world:]
     send_ids, recv_ids = send_order[: sum(send_counts)], recv_order[: sum(recv_counts)]
@@ -389,19 +383,17 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
 
 
 @torch.no_grad()
-def _to_host_behind(
-    x: Tensor, more_work: Callable[[], tuple[Tensor, ...]]
-) -> tuple[Tensor, Tensor]:
-    """(x on the host, more_work()[0]), more_work without autograd: x's copy is queued first and
+def _to_host_behind(x: Tensor, more_work: Callable[[], Tensor]) -> tuple[Tensor, Tensor]:
+    """(x on the host, more_work()), more_work without autograd: x's copy is queued first and
     more_work's kernels behind it, then the host waits for the copy alone (an event wait, which
     CUDA's sync debug mode does not flag: it is still this call's one host sync)."""
     if not x.is_cuda:
-        return x, more_work()[0]
+        return x, more_work()
     host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
     host.copy_(x, non_blocking=True)
     copied = torch.cuda.Event()
     copied.record()
-    result = more_work()[0]
+    result = more_work()
     copied.synchronize()
     return host, result
 

@@ -12,6 +12,7 @@ from lhdist.parallel.collectives import (
     CommStats,
     RingComm,
     all_gather,
+    all_ranks_true,
     all_to_all,
     check_same_across_ranks,
     reduce_scatter,
@@ -91,6 +92,10 @@ def _check_ring_and_agreement(rank: int, world: int, group) -> None:
         assert torch.equal(a.wait(), torch.full((3,), float(prev)))
     assert ring_stats.as_dict() == {"ring/forward": 3 * 4 + 4 * 4}
     assert comm.rank == rank and comm.world_size == world
+
+    # a flag is True everywhere only when every rank's is
+    assert all_ranks_true(True, group)
+    assert not all_ranks_true(rank != world - 1, group)
 
     # config agreement: equal passes; a rank-dependent value raises on every rank
     check_same_across_ranks([1, 2, 3], group, "cfg")
