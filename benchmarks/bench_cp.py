@@ -66,6 +66,11 @@ def parse_args(argv=None):
         "--check-graph", action="store_true",
         help="assert the CUDA-graph selection gives the eager path's output and gradients",
     )  # fmt: skip
+    ap.add_argument(
+        "--force-cp", action="store_true",
+        help="at W=1 run lighthouse_cp_attention on the one-rank group instead of the "
+        "single-device op: the CP path's own cost (everything but the traffic) on one GPU",
+    )  # fmt: skip
     ap.add_argument("--name", default=None)
     ap.add_argument("--out-dir", default=None)
     return ap.parse_args(argv)
@@ -209,10 +214,11 @@ def main(argv=None):
     L, p, k = (int(x) for x in args.config.split("/"))
     timing = dict(device=device, repeats=args.repeats, warmup=args.warmup, group=group)
     rows = []
+    cp = world > 1 or args.force_cp
     runs = [
         (mode, attention)
         for mode in args.modes.split(",")
-        for attention in (args.attentions.split(",") if mode != "dense" and world > 1 else [None])
+        for attention in (args.attentions.split(",") if mode != "dense" and cp else [None])
     ]
     for mode, attention in runs:
         N = args.dense_seq_len if mode == "dense" else args.seq_len
@@ -225,7 +231,7 @@ def main(argv=None):
             )
         else:
             spec = LighthouseSpec(L, p, k, mode)
-            if world > 1:
+            if cp:
                 fn = lambda q, k, v, spec=spec, a=attention: lighthouse_cp_attention(  # noqa: E731
                     q, k, v, spec, group, args.layout, attention=a
                 )
@@ -239,9 +245,13 @@ def main(argv=None):
                 activities=[
                     torch.profiler.ProfilerActivity.CUDA,
                     torch.profiler.ProfilerActivity.CPU,
-                ]
+                ],
+                with_stack=bool(args.trace_dir),  # traces attribute kernels to lhdist lines
             ) as prof:
-                fn(*xs_once).sum().backward()
+                for x in xs_once:  # as timed: fresh gradients, a ones gradient of the output
+                    x.grad = None
+                out = fn(*xs_once)
+                out.backward(torch.ones_like(out))
                 torch.cuda.synchronize()
             if args.trace_dir:
                 trace_name = f"trace_{mode}_{attention or 'op'}_rank{rank}.json.gz"
@@ -257,7 +267,14 @@ def main(argv=None):
             check_graph_equals_eager(fn, xs_once, show=rank == 0)
         if args.sync_debug and device.type == "cuda":  # every rank runs the collectives
             report_syncs(fn, xs_once, show=rank == 0)
-        row = {"mode": mode, "attention": attention, "N": N, "N_local": N // world, "world": world}
+        row = {
+            "mode": mode,
+            "attention": attention,
+            "N": N,
+            "N_local": N // world,
+            "world": world,
+            "path": "lighthouse_cp_attention" if cp and mode != "dense" else "single-device",
+        }
         row.update(time_fwd_bwd(fn, xs, **timing))
         row["bytes_sent_per_call"] = stats.as_dict()
         rows.append(row)

@@ -4,9 +4,10 @@ A rank of global-mode context parallelism owns a varying number of selected entr
 (the budget goes where the scores are), so its entries cannot be the [B, G, S] index tensor of
 `take_rows` / `put_rows_`. Here every entry is one row of a flat view instead: a row of one kv
 group, `hd = (H/G) * D` wide, in the token tensor [B, N, heads, D] or the coarse pyramid
-[B, Pc, heads, D], i.e. flat row `(b * length + position) * G + g` (`FlatEntries`). Real rows
-are unique and stand-ins add exact zeros, so the index adds below give the same result in any
-order.
+[B, Pc, heads, D], i.e. flat row `(b * length + position) * G + g` (`FlatEntries`). The row
+movers are the custom ops `take_flat_` / `add_flat_` (Triton on CUDA, no atomics: real rows are
+unique). `permute_rows` and `split_heads_first` carry the rows a rank attends into the SDPA
+layout and back as pure gathers and copies (no zero-filled buffers, no index adds).
 
 The full-length work is the same as the single-device op's: the gather's adjoint unpools coarse
 gradients in one pass (`unpool_coarse`), the scatter spreads coarse outputs in one pass.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lhdist.ops.kernels.rows import spread
+from lhdist.ops.kernels.rows import add_flat_, spread, take_flat_
 from lhdist.ops.pyramid import unpool_coarse
 from lhdist.ops.scatter import _accumulate_blocks, _block_sums, add_spill_grad_, take_spill
 from lhdist.ops.spec import LighthouseSpec
@@ -41,35 +42,48 @@ class FlatEntries:
 
 class _GatherFlat(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_BNHD, coarse_BPHD, entries: FlatEntries, groups: int, spec):
+    def forward(ctx, entries: FlatEntries, groups: int, spec, *xs_and_coarse):
         ctx.entries, ctx.spec, ctx.groups = entries, spec, groups
-        ctx.x_shape, ctx.coarse_len = x_BNHD.shape, coarse_BPHD.shape[1]
-        hd = x_BNHD.shape[2] // groups * x_BNHD.shape[3]
-        fine = x_BNHD.reshape(-1, hd).index_select(0, entries.fine_rows)
-        coarse = coarse_BPHD.reshape(-1, hd).index_select(0, entries.coarse_rows)
-        return torch.where(entries.is_fine[:, None], fine, coarse)
+        xs, coarses = xs_and_coarse[0::2], xs_and_coarse[1::2]
+        ctx.shapes = [(x.shape, c.shape[1]) for x, c in zip(xs, coarses, strict=True)]
+        widths = [x.shape[2] // groups * x.shape[3] for x in xs]
+        e = entries
+        out = xs[0].new_empty(e.is_fine.shape[0], sum(widths))
+        lo = 0
+        for x, coarse, hd in zip(xs, coarses, widths, strict=True):
+            take_flat_(out[:, lo : lo + hd], x.reshape(-1, hd), coarse.reshape(-1, hd),
+                       e.is_fine, e.fine_rows, e.coarse_rows)  # fmt: skip
+            lo += hd
+        return out
 
     @staticmethod
-    def backward(ctx, grad_RX):
+    def backward(ctx, grad_RC):
         e = ctx.entries
-        B, N, H, D = ctx.x_shape
-        hd = grad_RX.shape[1]
-        fine = e.is_fine[:, None]
-        # Stand-in rows receive exact zeros, so the sums are those of the real rows alone.
-        grad_coarse = grad_RX.new_zeros(B * ctx.coarse_len * ctx.groups, hd)
-        grad_coarse.index_add_(0, e.coarse_rows, grad_RX.masked_fill(fine, 0))
-        grad_x = unpool_coarse(grad_coarse.view(B, ctx.coarse_len, H, D), N, ctx.spec)
-        grad_fine = grad_RX.masked_fill(~fine, 0).to(grad_x.dtype)
-        grad_x.view(-1, hd).index_add_(0, e.fine_rows, grad_fine)
-        return grad_x, None, None, None, None
+        none = grad_RC.new_empty(0)
+        grads, lo = [], 0
+        for (B, N, H, D), coarse_len in ctx.shapes:
+            hd = H // ctx.groups * D
+            grad_RX = grad_RC[:, lo : lo + hd]  # rows apart: the kernels take the row stride
+            lo += hd
+            grad_coarse = grad_RC.new_zeros(B * coarse_len * ctx.groups, hd)
+            add_flat_(grad_RX, e.is_fine, e.fine_rows, e.coarse_rows, none, grad_coarse,
+                      False, True)  # fmt: skip
+            grad_x = unpool_coarse(grad_coarse.view(B, coarse_len, H, D), N, ctx.spec)
+            add_flat_(grad_RX, e.is_fine, e.fine_rows, e.coarse_rows, grad_x.view(-1, hd), none,
+                      True, False)  # fmt: skip
+            grads += [grad_x, None]
+        return None, None, None, *grads
 
 
 def gather_flat(
-    x_BNHD: Tensor, coarse_BPHD: Tensor, entries: FlatEntries, groups: int, spec: LighthouseSpec
+    sources: list[tuple[Tensor, Tensor]], entries: FlatEntries, groups: int, spec: LighthouseSpec
 ) -> Tensor:
-    """Rows [R, hd] of x's pyramid (tokens of x, or its coarse levels `coarse_BPHD`, computed
-    without autograd); differentiable in x: a row's gradient spreads evenly over its window."""
-    return _GatherFlat.apply(x_BNHD, coarse_BPHD, entries, groups, spec)
+    """The entries' rows of several tensors side by side, [R, sum of their hd]: for each
+    (x [B, N, heads, D], its coarse pyramid [B, Pc, heads, D] computed without autograd) the
+    rows of x's pyramid. Differentiable in every x: a row's gradient spreads evenly over its
+    window."""
+    flat = [t for pair in sources for t in pair]
+    return _GatherFlat.apply(entries, groups, spec, *flat)
 
 
 class _ScatterFlat(torch.autograd.Function):
@@ -77,27 +91,30 @@ class _ScatterFlat(torch.autograd.Function):
     def forward(ctx, o_RX, entries: FlatEntries, shape, spec):
         ctx.entries, ctx.spec = entries, spec
         B, N, H, D = shape
-        hd = ctx.hd = o_RX.shape[1]
-        fine = entries.is_fine[:, None]
+        e, hd = entries, o_RX.shape[1]
+        ctx.hd = hd
+        none = o_RX.new_empty(0)
         coarse_len = sum(spec.level_lengths(N)[1:])
         coarse = o_RX.new_zeros(B * coarse_len * (H * D // hd), hd)
-        coarse.index_add_(0, entries.coarse_rows, o_RX.masked_fill(fine, 0))
+        add_flat_(o_RX, e.is_fine, e.fine_rows, e.coarse_rows, none, coarse, False, True)
         coarse = coarse.view(B, coarse_len, H, D)
         spill = take_spill(coarse, spec, N)
         p = spec.pooling_factor
         out = spread(None, _accumulate_blocks(coarse, N, spec), N, p, 1, 1, 1.0)
-        out.view(-1, hd).index_add_(0, entries.fine_rows, o_RX.masked_fill(~fine, 0))
+        add_flat_(o_RX, e.is_fine, e.fine_rows, e.coarse_rows, out.view(-1, hd), none,
+                  True, False)  # fmt: skip
         return out, spill
 
     @staticmethod
     def backward(ctx, grad_BNHD, grad_spill):
-        e = ctx.entries
+        e, hd = ctx.entries, ctx.hd
         grad_BNHD = grad_BNHD.contiguous()
         sums = _block_sums(grad_BNHD, ctx.spec)
         add_spill_grad_(sums, grad_spill, ctx.spec, grad_BNHD.shape[1])
-        fine = grad_BNHD.view(-1, ctx.hd).index_select(0, e.fine_rows)
-        coarse = sums.view(-1, ctx.hd).index_select(0, e.coarse_rows)
-        return torch.where(e.is_fine[:, None], fine, coarse), None, None, None
+        grad_RX = grad_BNHD.new_empty(e.is_fine.shape[0], hd)
+        take_flat_(grad_RX, grad_BNHD.view(-1, hd), sums.view(-1, hd), e.is_fine, e.fine_rows,
+                   e.coarse_rows)  # fmt: skip
+        return grad_RX, None, None, None
 
 
 def scatter_flat_with_spill(
@@ -106,3 +123,52 @@ def scatter_flat_with_spill(
     """Entry outputs [R, hd] summed into positions [B, N, H, D] (`shape`) of one chunk, plus
     the chunk's spill [B, L-1, H, D] (see `scatter_entries_with_spill`)."""
     return _ScatterFlat.apply(o_RX, entries, shape, spec)
+
+
+class _PermuteRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_RX, order_R, inverse_R):
+        ctx.save_for_backward(inverse_R)
+        return x_RX.index_select(0, order_R)
+
+    @staticmethod
+    def backward(ctx, grad_RX):
+        (inverse_R,) = ctx.saved_tensors
+        return grad_RX.index_select(0, inverse_R), None, None
+
+
+def permute_rows(x_RX: Tensor, order_R: Tensor, inverse_R: Tensor) -> Tensor:
+    """x[order] for a permutation `order` of x's rows (`inverse` its inverse: x[order][inverse]
+    is x); differentiable: the gradient is a gather too, not a zero-fill and an index add."""
+    return _PermuteRows.apply(x_RX, order_R, inverse_R)
+
+
+class _SplitHeadsFirst(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_BSGC, widths: tuple[int, ...], head_dim: int):
+        ctx.shape = x_BSGC.shape
+        B, S, G, _ = x_BSGC.shape
+        parts, lo = [], 0
+        for w in widths:
+            part = x_BSGC[..., lo : lo + w].reshape(B, S, G * w // head_dim, head_dim)
+            parts.append(part.transpose(1, 2).contiguous())
+            lo += w
+        ctx.widths = widths
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        B, S, G, C = ctx.shape
+        grad = grads[0].new_empty(B, S, G, C)
+        lo = 0
+        for w, g in zip(ctx.widths, grads, strict=True):
+            grad[..., lo : lo + w] = g.transpose(1, 2).reshape(B, S, G, w)
+            lo += w
+        return grad, None, None
+
+
+def split_heads_first(x_BSGC: Tensor, widths: tuple[int, ...], head_dim: int) -> tuple[Tensor, ...]:
+    """Column groups of x [B, S, G, C] (widths summing to C, multiples of head_dim), each as a
+    contiguous [B, heads, S, head_dim] tensor (heads = G * width / head_dim). Its gradient is
+    written into one buffer, not one zero-filled copy of x per part."""
+    return _SplitHeadsFirst.apply(x_BSGC, tuple(widths), head_dim)

@@ -32,7 +32,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lhdist.ops.flat_rows import FlatEntries, gather_flat, scatter_flat_with_spill
+from lhdist.ops.flat_rows import (
+    FlatEntries,
+    gather_flat,
+    permute_rows,
+    scatter_flat_with_spill,
+    split_heads_first,
+)
 from lhdist.ops.lighthouse import select_and_gather
 from lhdist.ops.pyramid import coarse_pyramid, group_max, score_pyramid
 from lhdist.ops.scatter import add_halo_, scatter_entries_with_spill
@@ -332,13 +338,14 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     sent, attended_here = owner_all == rank, dest_all == rank
     send_peer = torch.where(sent, dest_all, world)  # `world`: not sent by this rank
     recv_peer = torch.where(attended_here, owner_all, world)
-    send_order = torch.argsort(send_peer * BGS + flat_id)
-    recv_order = torch.argsort(recv_peer * BGS + flat_id)
-    ones = torch.ones_like(flat_id)
-    counts_dev = torch.cat([
-        torch.zeros(world + 1, dtype=torch.int64, device=device).scatter_add_(0, peer, ones)[:world]
-        for peer in (send_peer, recv_peer)
-    ])  # fmt: skip
+    send_keys, send_order = torch.sort(send_peer * BGS + flat_id)
+    recv_keys, recv_order = torch.sort(recv_peer * BGS + flat_id)
+    # Entries per peer from where each peer's run starts in the sorted keys (a scatter-add of
+    # ones would serialise on the atomics of world + 1 counters).
+    peer_starts = _on_device([peer * BGS for peer in range(world + 1)], device)
+    counts_dev = torch.cat(
+        [torch.searchsorted(keys, peer_starts).diff() for keys in (send_keys, recv_keys)]
+    )
     # The host waits for the counts while the GPU pools v (queued behind their copy), so the
     # GPU is not idle while the host resumes launching.
     counts_host, v_coarse = _to_host_behind(
@@ -360,24 +367,20 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     )
     b_r = recv_ids // (G * S)
     g_r = recv_ids // S % G
+    # The rows attended here, in received order, land on every row of this rank's share
+    # exactly once: a permutation, so both directions are gathers.
     share_rows = (b_r * S_loc + share_pos[recv_ids % S]) * G + g_r
+    received_row = torch.empty_like(share_rows).scatter_(
+        0, share_rows, torch.arange(len(share_rows), device=device)
+    )
 
     hd = H // G * D
-    payload = torch.cat(
-        [
-            gather_flat(q_c, q_coarse, mine, G, spec),
-            gather_flat(k_c, k_coarse, mine, G, spec),
-            gather_flat(v_c, v_coarse, mine, G, spec),
-        ],
-        dim=1,
-    )
+    payload = gather_flat([(q_c, q_coarse), (k_c, k_coarse), (v_c, v_coarse)], mine, G, spec)
     received = all_to_all(payload, send_counts, recv_counts, group) if world > 1 else payload
-    share = _place_rows(received, share_rows, B * S_loc * G).view(B, S_loc, G, hd + 2 * D)
-    q_BHSD = share[..., :hd].reshape(B, S_loc, H, D).transpose(1, 2)
-    k_BGSD = share[..., hd : hd + D].transpose(1, 2)
-    v_BGSD = share[..., hd + D :].transpose(1, 2)
+    share = permute_rows(received, received_row, share_rows).view(B, S_loc, G, hd + 2 * D)
+    q_BHSD, k_BGSD, v_BGSD = split_heads_first(share, (hd, D, D), D)
     o_BHSD = _attend(q_BHSD, k_BGSD, v_BGSD, group, layout, attention)
-    o_rows = o_BHSD.transpose(1, 2).reshape(B * S_loc * G, hd)[share_rows]
+    o_rows = permute_rows(o_BHSD.transpose(1, 2).reshape(-1, hd), share_rows, received_row)
     back = all_to_all(o_rows, recv_counts, send_counts, group) if world > 1 else o_rows
     return scatter_flat_with_spill(back, mine, (Bn, N_c, H, D), spec)
 
@@ -406,9 +409,3 @@ def _on_device_cached(values: tuple[int, ...], device: torch.device) -> Tensor:
 def _on_device(values: list[int], device: torch.device) -> Tensor:
     """A small int64 constant on `device`, copied once (each host-to-device copy syncs)."""
     return _on_device_cached(tuple(values), device)
-
-
-def _place_rows(values_RX: Tensor, rows_R: Tensor, num_rows: int) -> Tensor:
-    """A [num_rows, X] buffer of zeros with `values_RX` written at the distinct `rows_R`;
-    differentiable (the gradient is the gather of those rows)."""
-    return values_RX.new_zeros(num_rows, values_RX.shape[-1]).index_copy(0, rows_R, values_RX)

@@ -53,6 +53,10 @@ def main() -> None:
         a = x if with_a else None
         check(f"spread shift={shift} a={with_a}", *both(
             lambda s=shift, o=offset, a=a: rows.spread(a, c, N, p, s, o, 0.5)))  # fmt: skip
+    # Row slices of larger multi-batch buffers (pyramid levels of CP chunks): batch strides.
+    c_level = torch.randn(B, N // p + 7, H, D)[:, 3 : 3 + N // p]
+    a_level = torch.randn(B, N + 5, H, D)[:, 5:]
+    check("spread of row slices", *both(lambda: rows.spread(a_level, c_level, N, p, 1, 1, 0.5)))
     spec, M = LighthouseSpec(3, p, 128, "global"), 2048
     B, H, G = 1, 2, 1  # the interpreter runs every program in Python: keep the op small
     q, k = torch.randn(B, M, H, D), torch.randn(B, M, G, D)
@@ -68,6 +72,31 @@ def main() -> None:
 
     for flags in [(False, True, True), (True, True, False), (False, False, True)]:
         check(f"put_rows_ {flags}", *both(lambda f=flags: put(*f)))
+
+    # Flat rows: R entries, each from the token buffer or the coarse one; the other index is a
+    # stand-in that may coincide with another entry's real row there (it must stay unchanged).
+    hd, R = 24, 300
+    fine_buf, coarse_buf = torch.randn(500, hd), torch.randn(400, hd)
+    is_fine = torch.rand(R) < 0.6
+    fine_rows = torch.where(is_fine, torch.randperm(500)[:R], torch.arange(R) % 500)
+    coarse_rows = torch.where(is_fine, torch.arange(R) % 400, torch.randperm(400)[:R])
+    flat = (is_fine, fine_rows, coarse_rows)
+
+    def take():  # into a column block of a wider buffer (rows apart)
+        out = torch.zeros(R, hd + 8)
+        rows.take_flat_(out[:, 8:], fine_buf, coarse_buf, *flat)
+        return out
+
+    check("take_flat_", *both(take))
+    flat_vals = torch.randn(R, hd + 5)[:, 5:]  # a column block too
+
+    def add(into_fine, into_coarse):
+        fine, crs = fine_buf.clone(), coarse_buf.clone()
+        rows.add_flat_(flat_vals, *flat, fine, crs, into_fine, into_coarse)
+        return fine, crs
+
+    for flags in [(True, False), (False, True), (True, True)]:
+        check(f"add_flat_ {flags}", *both(lambda f=flags: add(*f)))
 
     v = torch.randn(B, M, G, D)
 

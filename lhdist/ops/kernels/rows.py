@@ -114,6 +114,15 @@ def _(x, n_out, p, shift, scale, with_norms, levels=1):
     return x.new_empty(B, sum(_reduced_lengths(n_out, p, levels)), H, D), norms
 
 
+def _batch_rows_contiguous(x: Tensor) -> Tensor:
+    """x [B, n, H, D] whose every batch is one contiguous block of rows (a row slice of a
+    larger buffer is: a pyramid level of chunks side by side), else a contiguous copy."""
+    B, n, H, D = x.shape
+    if x.stride(3) == 1 and x.stride(2) == D and x.stride(1) == H * D:
+        return x
+    return x.contiguous()
+
+
 # --- spread ---------------------------------------------------------------------------------
 
 
@@ -124,14 +133,14 @@ def spread(
     """out [B, n_out, H, D]: out[j] = a[j] + alpha * c[(j + shift) // p - offset] where that row
     of c exists (a: optional, [B, n_out, H, D])."""
     B, n_c, H, D = c.shape
-    c = c.contiguous()
     out = c.new_empty(B, n_out, H, D)
     if _triton_on(c):
         W, rows = H * D, 8
         block = _block_w(W, D)
-        a_arg = a.contiguous() if a is not None else c
+        c = _batch_rows_contiguous(c)
+        a_arg = _batch_rows_contiguous(a) if a is not None else c
         _tk.spread_kernel[(B * triton.cdiv(n_out, rows), W // block)](
-            a_arg, c, out, n_out, n_c, shift, offset, alpha,
+            a_arg, c, out, n_out, n_c, a_arg.stride(0), c.stride(0), shift, offset, alpha,
             W=W, P=p, ROWS=rows, BLOCK_W=block, HAS_A=a is not None,
         )  # fmt: skip
         return out
@@ -236,4 +245,88 @@ def put_rows_(
 
 @put_rows_.register_fake
 def _(rows, idx, fine, coarse, seq_len, accumulate, into_fine, into_coarse):
+    return None
+
+
+# --- take_flat_ / add_flat_ ------------------------------------------------------------------
+
+
+def _flat_grid(R: int, hd: int) -> tuple[tuple[int, int], int, int]:
+    rows, block = 16, min(triton.next_power_of_2(hd), 1024)
+    return (triton.cdiv(R, rows), triton.cdiv(hd, block)), rows, block
+
+
+def _row_major(x: Tensor) -> Tensor:
+    """x [R, hd] itself when its columns are adjacent (rows may be apart: a column block of a
+    wider buffer), else a contiguous copy."""
+    return x if x.stride(1) == 1 else x.contiguous()
+
+
+@torch.library.custom_op("lhdist::take_flat_", mutates_args=("out",))
+def take_flat_(
+    out: Tensor,
+    fine: Tensor,
+    coarse: Tensor,
+    is_fine: Tensor,
+    fine_rows: Tensor,
+    coarse_rows: Tensor,
+) -> None:
+    """out [R, hd] (adjacent columns, rows any distance apart) = rows of two flat row buffers
+    fine [*, hd] / coarse [*, hd]: row r is fine[fine_rows[r]] where is_fine[r], else
+    coarse[coarse_rows[r]] (the other index of a row must be in range: the torch path reads it)."""
+    R, hd = out.shape
+    fine, coarse = fine.contiguous(), coarse.contiguous()
+    if _triton_on(fine) and out.stride(1) == 1:
+        grid, rows, block = _flat_grid(R, hd)
+        _tk.take_flat_kernel[grid](
+            fine, coarse, is_fine.contiguous().view(torch.uint8), fine_rows.contiguous(),
+            coarse_rows.contiguous(), out, R, out.stride(0), HD=hd, ROWS=rows, BLOCK_C=block,
+        )  # fmt: skip
+        return
+    a = fine.index_select(0, fine_rows)
+    b = coarse.index_select(0, coarse_rows)
+    out.copy_(torch.where(is_fine[:, None], a, b))
+
+
+@take_flat_.register_fake
+def _(out, fine, coarse, is_fine, fine_rows, coarse_rows):
+    return None
+
+
+@torch.library.custom_op("lhdist::add_flat_", mutates_args=("fine", "coarse"))
+def add_flat_(
+    rows: Tensor,
+    is_fine: Tensor,
+    fine_rows: Tensor,
+    coarse_rows: Tensor,
+    fine: Tensor,
+    coarse: Tensor,
+    into_fine: bool,
+    into_coarse: bool,
+) -> None:
+    """Adjoint of take_flat_, in place: rows [R, hd] (a column block of a wider buffer is fine)
+    where is_fine added into fine[fine_rows]
+    (`into_fine`), the others into coarse[coarse_rows] (`into_coarse`); contiguous flat
+    buffers, a buffer not written may be an empty placeholder. Real target rows are distinct."""
+    R, hd = rows.shape
+    if _triton_on(rows):
+        grid, r, block = _flat_grid(R, hd)
+        rows = _row_major(rows)
+        _tk.add_flat_kernel[grid](
+            rows, is_fine.contiguous().view(torch.uint8), fine_rows.contiguous(),
+            coarse_rows.contiguous(), fine, coarse, R, rows.stride(0),
+            HD=hd, ROWS=r, BLOCK_C=block, FINE=into_fine, COARSE=into_coarse,
+        )  # fmt: skip
+        return
+    # The index of the other buffer is a valid stand-in row there; adding exact zeros to it
+    # changes nothing, so a real row shared with a stand-in keeps its value in any order.
+    mask = is_fine[:, None]
+    if into_fine:
+        fine.index_add_(0, fine_rows, rows.masked_fill(~mask, 0).to(fine.dtype))
+    if into_coarse:
+        coarse.index_add_(0, coarse_rows, rows.masked_fill(mask, 0).to(coarse.dtype))
+
+
+@add_flat_.register_fake
+def _(rows, is_fine, fine_rows, coarse_rows, fine, coarse, into_fine, into_coarse):
     return None

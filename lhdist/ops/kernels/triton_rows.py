@@ -1,13 +1,15 @@
 """Triton kernels for the memory-bound parts of Lighthouse attention.
 
-Every tensor is a stack of rows of width W = heads*D (contiguous). Four kernels:
+Every tensor is a stack of rows of width W = heads*D (contiguous). Six kernels:
   window_reduce: out[i] = scale * sum_{r<p} x[i*p + shift + r] (rows past N skipped), and, when
                  asked, fp32 L2 norms of every D-slice of the rows read (pooling + scores in one
                  read of the input);
   spread:        out[j] = a[j] + alpha * c[(j + shift) // p - offset] (where that row exists),
                  `a` optional (write-only broadcast);
   take_rows:     rows of the gathered sequence from (tokens, coarse pyramid) by pyramid index;
-  put_rows:      the adjoint: write (or add) gathered rows back at their pyramid rows.
+  put_rows:      the adjoint: write (or add) gathered rows back at their pyramid rows;
+  take_flat, add_flat: the same for rows addressed one by one in flat [rows, HD] views (the
+                 entries a rank owns under global CP selection, which vary per head).
 Each program moves whole D-wide vectors with vectorised loads, which the generic PyTorch
 broadcast/index kernels do not, and none needs atomics (selected rows are unique per head).
 
@@ -53,10 +55,11 @@ def window_reduce_kernel(
 
 @triton.jit
 def spread_kernel(
-    a_ptr, c_ptr, out_ptr, n_out, n_c, shift, offset, alpha,
+    a_ptr, c_ptr, out_ptr, n_out, n_c, a_batch_stride, c_batch_stride, shift, offset, alpha,
     W: tl.constexpr, P: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr,
     HAS_A: tl.constexpr,
 ):  # fmt: skip
+    # Batch strides are free, so a and c may be row slices of larger buffers (pyramid levels).
     pid = tl.program_id(0)
     wb = tl.program_id(1)
     b = pid // tl.cdiv(n_out, ROWS)
@@ -65,11 +68,14 @@ def spread_kernel(
     in_range = j < n_out
     src = (j + shift) // P - offset
     has_c = in_range & (src >= 0) & (src < n_c)
-    c_ptrs = c_ptr + (b * n_c + src)[:, None].to(tl.int64) * W + cols[None, :]
-    val = tl.load(c_ptrs, mask=has_c[:, None], other=0.0).to(tl.float32) * alpha
+    c_rows = b.to(tl.int64) * c_batch_stride + src.to(tl.int64) * W
+    val = tl.load(c_ptr + c_rows[:, None] + cols[None, :], mask=has_c[:, None], other=0.0)
+    val = val.to(tl.float32) * alpha
     rows = (b * n_out + j)[:, None].to(tl.int64) * W + cols[None, :]
     if HAS_A:
-        val += tl.load(a_ptr + rows, mask=in_range[:, None], other=0.0).to(tl.float32)
+        a_rows = b.to(tl.int64) * a_batch_stride + j.to(tl.int64) * W
+        a_ptrs = a_ptr + a_rows[:, None] + cols[None, :]
+        val += tl.load(a_ptrs, mask=in_range[:, None], other=0.0).to(tl.float32)
     tl.store(out_ptr + rows, val.to(out_ptr.dtype.element_ty), mask=in_range[:, None])
 
 
@@ -128,3 +134,58 @@ def put_rows_kernel(
     if COARSE:
         c_ptrs = coarse_ptr + ((b * Pc + idx - N) * H + h).to(tl.int64)[:, None] * D + d[None, :]
         tl.store(c_ptrs, vals, mask=(ok & ~is_fine)[:, None])
+
+
+@triton.jit
+def take_flat_kernel(
+    fine_ptr, coarse_ptr, is_fine_ptr, fine_rows_ptr, coarse_rows_ptr, out_ptr, R, out_stride,
+    HD: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # Rows of width HD addressed one by one: out[r] = fine[fine_rows[r]] if is_fine[r] else
+    # coarse[coarse_rows[r]]. The row not used may be anything (it is never read). out's rows
+    # are out_stride apart: it may be a column block of a wider buffer.
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = r < R
+    col_ok = cols < HD
+    is_fine = tl.load(is_fine_ptr + r, mask=ok, other=0) != 0
+    f_rows = tl.load(fine_rows_ptr + r, mask=ok & is_fine, other=0).to(tl.int64)
+    c_rows = tl.load(coarse_rows_ptr + r, mask=ok & ~is_fine, other=0).to(tl.int64)
+    m = col_ok[None, :]
+    f_mask = (ok & is_fine)[:, None] & m
+    c_mask = (ok & ~is_fine)[:, None] & m
+    a = tl.load(fine_ptr + f_rows[:, None] * HD + cols[None, :], mask=f_mask)
+    c = tl.load(coarse_ptr + c_rows[:, None] * HD + cols[None, :], mask=c_mask)
+    val = tl.where(is_fine[:, None], a, c)
+    out_ptrs = out_ptr + r.to(tl.int64)[:, None] * out_stride + cols[None, :]
+    tl.store(out_ptrs, val, mask=ok[:, None] & m)
+
+
+@triton.jit
+def add_flat_kernel(
+    rows_ptr, is_fine_ptr, fine_rows_ptr, coarse_rows_ptr, fine_ptr, coarse_ptr, R, rows_stride,
+    HD: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+    FINE: tl.constexpr, COARSE: tl.constexpr,
+):  # fmt: skip
+    # The adjoint: add row r into fine[fine_rows[r]] (is_fine) or coarse[coarse_rows[r]]. Real
+    # target rows are distinct, so no two programs touch one row: no atomics.
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = r < R
+    m = (cols < HD)[None, :]
+    is_fine = tl.load(is_fine_ptr + r, mask=ok, other=0) != 0
+    v_ptrs = rows_ptr + r.to(tl.int64)[:, None] * rows_stride + cols[None, :]
+    vals = tl.load(v_ptrs, mask=ok[:, None] & m)
+    vals = vals.to(tl.float32)
+    if FINE:
+        f_rows = tl.load(fine_rows_ptr + r, mask=ok & is_fine, other=0).to(tl.int64)
+        f_ptrs = fine_ptr + f_rows[:, None] * HD + cols[None, :]
+        f_mask = (ok & is_fine)[:, None] & m
+        old = tl.load(f_ptrs, mask=f_mask, other=0.0).to(tl.float32)
+        tl.store(f_ptrs, (old + vals).to(fine_ptr.dtype.element_ty), mask=f_mask)
+    if COARSE:
+        c_rows = tl.load(coarse_rows_ptr + r, mask=ok & ~is_fine, other=0).to(tl.int64)
+        c_ptrs = coarse_ptr + c_rows[:, None] * HD + cols[None, :]
+        c_mask = (ok & ~is_fine)[:, None] & m
+        old = tl.load(c_ptrs, mask=c_mask, other=0.0).to(tl.float32)
+        tl.store(c_ptrs, (old + vals).to(coarse_ptr.dtype.element_ty), mask=c_mask)
