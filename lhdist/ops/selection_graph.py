@@ -29,11 +29,31 @@ Select = Callable[[Tensor, Tensor, LighthouseSpec], Tensor]
 AllAgree = Callable[[bool], bool]
 
 
+# What a captured function returns: a tensor or a tuple of tensors.
+Outputs = Tensor | tuple[Tensor, ...]
+
+
 @dataclass
 class _Captured:
     graph: torch.cuda.CUDAGraph
     inputs: tuple[Tensor, ...]  # static inputs: each call copies its tensors in before replay
-    output: Tensor  # static output, overwritten by every replay
+    output: Outputs  # static output(s), overwritten by every replay
+
+
+def _each(outputs: Outputs) -> tuple[Tensor, ...]:
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
+def _same(a: Outputs, b: Outputs) -> bool:
+    pairs = list(zip(_each(a), _each(b)))
+    return len(pairs) == len(_each(a)) == len(_each(b)) and all(
+        x.shape == y.shape and x.dtype == y.dtype and bool(torch.equal(x, y)) for x, y in pairs
+    )
+
+
+def _clone(outputs: Outputs) -> Outputs:
+    cloned = tuple(x.clone() for x in _each(outputs))
+    return cloned if isinstance(outputs, tuple) else cloned[0]
 
 
 # A key maps to its graph, or to None once its capture failed verification (runs eager).
@@ -51,8 +71,8 @@ def graph_applies(x: Tensor) -> bool:
 
 
 def _capture(
-    fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], collectives: bool
-) -> tuple[_Captured, Tensor]:
+    fn: Callable[..., Outputs], inputs: tuple[Tensor, ...], collectives: bool
+) -> tuple[_Captured, Outputs]:
     """The captured graph and the eager warm-up's output."""
     static = tuple(x.clone() for x in inputs)
     device = inputs[0].device
@@ -62,7 +82,8 @@ def _capture(
     with torch.cuda.stream(side):
         eager = fn(*static)
     torch.cuda.current_stream(device).wait_stream(side)
-    eager.record_stream(torch.cuda.current_stream(device))  # read on this stream later
+    for x in _each(eager):
+        x.record_stream(torch.cuda.current_stream(device))  # read on this stream later
     graph = torch.cuda.CUDAGraph()
     # NCCL's own threads make CUDA calls while a collective is captured: NCCL asks for
     # thread-local capture so that those calls do not invalidate it.
@@ -83,12 +104,13 @@ def graph_dropped(key: tuple, inputs: tuple[Tensor, ...]) -> bool:
 
 
 def replay_graph(
-    fn: Callable[..., Tensor],
+    fn: Callable[..., Outputs],
     inputs: tuple[Tensor, ...],
     key: tuple,
     all_agree: AllAgree | None = None,
-) -> Tensor:
-    """`fn(*inputs)` (a function of the inputs' values only, same shapes for the same `key`),
+) -> Outputs:
+    """`fn(*inputs)` (a function of the inputs' values only, returning a tensor or a tuple of
+    tensors of the same shapes for the same `key`),
     run from a CUDA graph captured on first use of `key`: warm-up, capture, verified replay.
 
     fn may call collectives (every rank of the group must make the same calls); then pass
@@ -103,9 +125,9 @@ def replay_graph(
     for static, x in zip(captured.inputs, inputs):
         static.copy_(x)
     captured.graph.replay()
-    output = captured.output.clone()
+    output = _clone(captured.output)
     if eager is not None:  # first replay: the capture must reproduce the eager warm-up
-        same = output.shape == eager.shape and bool(torch.equal(output, eager))
+        same = _same(output, eager)
         if all_agree is not None:
             same = all_agree(same)
         if not same:

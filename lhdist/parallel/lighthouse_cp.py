@@ -55,18 +55,11 @@ from lhdist.parallel.collectives import (
     record_comm,
     reduce_scatter,
 )
+from lhdist.parallel.global_routes import Routes, route_entries
 from lhdist.parallel.ring_attention import ring_attention_heads_first
 from lhdist.parallel.sharding import LAYOUTS, check_layout, local_chunk_ids, num_chunks
 
 ATTENTIONS = ("allgather", "ring")
-
-
-def _chunk_rank_slot(chunk: Tensor, world: int, layout: str) -> tuple[Tensor, Tensor]:
-    """(rank holding each global chunk id, its slot in that rank's local order)."""
-    if layout == "contiguous":
-        return chunk, torch.zeros_like(chunk)
-    upper = chunk >= world  # zigzag: rank r holds chunks r (slot 0) and 2W-1-r (slot 1)
-    return torch.where(upper, 2 * world - 1 - chunk, chunk), upper.long()
 
 
 def _check_layout_fits(spec: LighthouseSpec, N: int, chunks: int, layout: str) -> None:
@@ -232,31 +225,42 @@ _replay_traffic: dict[tuple, list[tuple[str, int, str]]] = {}
 
 
 @torch.no_grad()
-def _select_global(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor:
-    """The global cascade over the scores of this rank's chunks [Bn, G, N_c]; [B, G, S].
+def _select_and_route(score_q, score_k, spec, N, my_chunks, rank, world, group, layout) -> Routes:
+    """The global cascade over the scores of this rank's chunks [Bn, G, N_c], then this rank's
+    routes for its entries (`route_entries`).
 
-    On CUDA it is captured with its score exchanges (NCCL collectives) in a CUDA graph and
+    On CUDA both are captured with the score exchanges (NCCL collectives) in one CUDA graph and
     replayed: a few hundred small launches per call would otherwise leave the GPU waiting."""
-    run = functools.partial(
-        _global_cascade, spec=spec, N=N, my_chunks=my_chunks, world=world, group=group
-    )
+    cascade_then_route = functools.partial(
+        _cascade_then_route, spec=spec, N=N, my_chunks=my_chunks, rank=rank, world=world,
+        group=group, layout=layout,
+    )  # fmt: skip
+    run = lambda sq, sk: Routes(*cascade_then_route(sq, sk))  # noqa: E731
     nccl = world == 1 or "nccl" in str(dist.get_backend(group))
     if not (graph_applies(score_q) and nccl):
         return run(score_q, score_k)
-    key = ("cp_global", spec, N, tuple(my_chunks), world, id(group) if world > 1 else None)
+    key = ("cp_global", spec, N, tuple(my_chunks), rank, world, layout,
+           id(group) if world > 1 else None)  # fmt: skip
     agree = functools.partial(all_ranks_true, group=group) if world > 1 else None
-    if graph_dropped(key, (score_q, score_k)):  # its capture failed verification
+    inputs = (score_q, score_k)
+    if graph_dropped(key, inputs):  # its capture failed verification
         return run(score_q, score_k)
     if key in _replay_traffic:
         for kind, nbytes, phase in _replay_traffic[key]:
             record_comm(kind, nbytes, phase)
-        return replay_graph(run, (score_q, score_k), key, agree)
+        return Routes(*replay_graph(cascade_then_route, inputs, key, agree))
     # First call: the warm-up and the capture each record one call's traffic, and the warm-up
     # and the replay each send it, so the books balance; later replays book it explicitly.
     with _CallRecorder() as recorder:
-        idx_BGS = replay_graph(run, (score_q, score_k), key, agree)
+        routes = Routes(*replay_graph(cascade_then_route, inputs, key, agree))
     _replay_traffic[key] = recorder.calls[: len(recorder.calls) // 2]
-    return idx_BGS
+    return routes
+
+
+def _cascade_then_route(score_q, score_k, spec, N, my_chunks, rank, world, group, layout):
+    """`Routes.tensors()` of the global selection (a tuple: what a captured graph returns)."""
+    idx_BGS = _global_cascade(score_q, score_k, spec, N, my_chunks, world, group)
+    return route_entries(idx_BGS, spec, N, len(my_chunks), rank, world, layout).tensors()
 
 
 def _global_cascade(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor:
@@ -292,7 +296,6 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     Bn, N_c, H, D = q_c.shape
     G, n = k_c.shape[2], len(my_chunks)
     B = Bn // n
-    device = q_c.device
     chunks = num_chunks(world, layout)
 
     with torch.no_grad():
@@ -300,87 +303,27 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
         q_coarse, q_norms = coarse_pyramid(q_c.detach(), spec, with_norms=True)
         k_coarse, k_norms = coarse_pyramid(k_c.detach(), spec, with_norms=True)
         score_q, score_k = group_max(q_norms, G), k_norms.transpose(1, 2)  # [Bn, G, N_c]
-    idx_BGS = _select_global(score_q, score_k, spec, N, my_chunks, world, group)
-    S = idx_BGS.shape[-1]
-    S_c = S // chunks
-
-    # --- where every entry lives (owner rank, chunk slot, row) and is attended.
-    offsets = spec.level_offsets(N)
-    level0 = torch.bucketize(idx_BGS, _on_device(offsets[1:], device), right=True)
-    window = idx_BGS - _on_device(offsets, device)[level0]
-    size = spec.pooling_factor**level0  # window size of each entry
-    owner_chunk = window * size // N_c
-    owner, owner_slot = _chunk_rank_slot(owner_chunk, world, layout)
-    local_window = window - owner_chunk * (N_c // size)
-    coarse_offsets = [max(o - N_c, 0) for o in spec.level_offsets(N_c)]  # in the coarse pyramid
-    Pc = sum(spec.level_lengths(N_c)[1:])
-    b_idx = torch.arange(B, device=device).view(B, 1, 1)
-    g_idx = torch.arange(G, device=device).view(1, G, 1)
-    chunk_row = b_idx * n + owner_slot  # row of the chunk batch
-    is_fine = level0 == 0
-    flat_row = torch.where(
-        is_fine,
-        (chunk_row * N_c + local_window) * G + g_idx,
-        (chunk_row * Pc + _on_device(coarse_offsets, device)[level0] + local_window) * G + g_idx,
-    )
-    share_chunk = torch.arange(S, device=device) // S_c
-    dest, dest_slot = _chunk_rank_slot(share_chunk, world, layout)
-    share_pos = dest_slot * S_c + torch.arange(S, device=device) % S_c  # [S]
-    S_loc = n * S_c
-    dest_all, owner_all = dest.expand(B, G, S).reshape(-1), owner.reshape(-1)
-    BGS = B * G * S
-    flat_id = torch.arange(BGS, device=device)
-
-    # Send side: my entries, ordered by (destination, flat id); receive side: entries attended
-    # here, ordered by (owner, flat id). Both sides derive both orders, so no index travels.
-    # Sorting keys (others' entries last) instead of masking keeps the host out until the one
-    # sync that the all-to-all needs: its split sizes.
-    sent, attended_here = owner_all == rank, dest_all == rank
-    send_peer = torch.where(sent, dest_all, world)  # `world`: not sent by this rank
-    recv_peer = torch.where(attended_here, owner_all, world)
-    send_keys, send_order = torch.sort(send_peer * BGS + flat_id)
-    recv_keys, recv_order = torch.sort(recv_peer * BGS + flat_id)
-    # Entries per peer from where each peer's run starts in the sorted keys (a scatter-add of
-    # ones would serialise on the atomics of world + 1 counters).
-    peer_starts = _on_device([peer * BGS for peer in range(world + 1)], device)
-    counts_dev = torch.cat(
-        [torch.searchsorted(keys, peer_starts).diff() for keys in (send_keys, recv_keys)]
-    )
-    # The host waits for the counts while the GPU pools v (queued behind their copy), so the
-    # GPU is not idle while the host resumes launching.
+    routes = _select_and_route(score_q, score_k, spec, N, my_chunks, rank, world, group, layout)
+    S_loc = n * (spec.selected_length(N) // chunks)
+    # The host waits for the all-to-all's split sizes (this call's one sync) while the GPU
+    # pools v, queued behind their copy: the GPU is not idle while the host resumes launching.
     counts_host, v_coarse = _to_host_behind(
-        counts_dev, lambda: coarse_pyramid(v_c.detach(), spec)[0]
+        routes.counts, lambda: coarse_pyramid(v_c.detach(), spec)[0]
     )
     counts = counts_host.tolist()
     send_counts, recv_counts = counts[:world], counts[world:]
-    send_ids, recv_ids = send_order[: sum(send_counts)], recv_order[: sum(recv_counts)]
-
-    fine_sent = is_fine.reshape(-1)[send_ids]
-    rows_sent = flat_row.reshape(-1)[send_ids]
-    # Where the other kind of row applies, a stand-in row (distinct per entry: index adds to
-    # one shared row would serialise on its atomics) receives exact zeros.
-    stand_in = torch.arange(len(send_ids), device=device)
-    mine = FlatEntries(
-        fine_sent,
-        torch.where(fine_sent, rows_sent, stand_in % (Bn * N_c * G)),
-        torch.where(fine_sent, stand_in % (Bn * Pc * G), rows_sent),
-    )
-    b_r = recv_ids // (G * S)
-    g_r = recv_ids // S % G
-    # The rows attended here, in received order, land on every row of this rank's share
-    # exactly once: a permutation, so both directions are gathers.
-    share_rows = (b_r * S_loc + share_pos[recv_ids % S]) * G + g_r
-    received_row = torch.empty_like(share_rows).scatter_(
-        0, share_rows, torch.arange(len(share_rows), device=device)
-    )
+    sent = sum(send_counts)
+    mine = FlatEntries(routes.is_fine[:sent], routes.fine_rows[:sent], routes.coarse_rows[:sent])
 
     hd = H // G * D
     payload = gather_flat([(q_c, q_coarse), (k_c, k_coarse), (v_c, v_coarse)], mine, G, spec)
     received = all_to_all(payload, send_counts, recv_counts, group) if world > 1 else payload
-    share = permute_rows(received, received_row, share_rows).view(B, S_loc, G, hd + 2 * D)
+    share = permute_rows(received, routes.received_row, routes.share_rows)
+    share = share.view(B, S_loc, G, hd + 2 * D)
     q_BHSD, k_BGSD, v_BGSD = split_heads_first(share, (hd, D, D), D)
     o_BHSD = _attend(q_BHSD, k_BGSD, v_BGSD, group, layout, attention)
-    o_rows = permute_rows(o_BHSD.transpose(1, 2).reshape(-1, hd), share_rows, received_row)
+    o_flat = o_BHSD.transpose(1, 2).reshape(-1, hd)
+    o_rows = permute_rows(o_flat, routes.share_rows, routes.received_row)
     back = all_to_all(o_rows, recv_counts, send_counts, group) if world > 1 else o_rows
     return scatter_flat_with_spill(back, mine, (Bn, N_c, H, D), spec)
 
@@ -399,13 +342,3 @@ def _to_host_behind(x: Tensor, more_work: Callable[[], Tensor]) -> tuple[Tensor,
     result = more_work()
     copied.synchronize()
     return host, result
-
-
-@functools.lru_cache(maxsize=64)
-def _on_device_cached(values: tuple[int, ...], device: torch.device) -> Tensor:
-    return torch.tensor(values, dtype=torch.int64, device=device)
-
-
-def _on_device(values: list[int], device: torch.device) -> Tensor:
-    """A small int64 constant on `device`, copied once (each host-to-device copy syncs)."""
-    return _on_device_cached(tuple(values), device)
