@@ -6,8 +6,8 @@ A rank of global-mode context parallelism owns a varying number of selected entr
 group, `hd = (H/G) * D` wide, in the token tensor [B, N, heads, D] or the coarse pyramid
 [B, Pc, heads, D], i.e. flat row `(b * length + position) * G + g` (`FlatEntries`). The row
 movers are the custom ops `take_flat_` / `add_flat_` (Triton on CUDA, no atomics: real rows are
-unique). `permute_rows` and `split_heads_first` carry the rows a rank attends into the SDPA
-layout and back as pure gathers and copies (no zero-filled buffers, no index adds).
+unique). `rows_to_share` and `share_to_rows` carry the rows a rank attends into the SDPA
+layout and back in one pass each (a permutation: no zero-filled buffers, no index adds).
 
 The full-length work is the same as the single-device op's: the gather's adjoint unpools coarse
 gradients in one pass (`unpool_coarse`), the scatter spreads coarse outputs in one pass.
@@ -23,7 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lhdist.ops.kernels.rows import add_flat_, spread, take_flat_
+from lhdist.ops.kernels.rows import (
+    add_flat_,
+    heads_first_to_rows_,
+    rows_to_heads_first,
+    spread,
+    take_flat_,
+)
 from lhdist.ops.pyramid import unpool_coarse
 from lhdist.ops.scatter import _accumulate_blocks, _block_sums, add_spill_grad_, take_spill
 from lhdist.ops.spec import LighthouseSpec
@@ -125,50 +131,64 @@ def scatter_flat_with_spill(
     return _ScatterFlat.apply(o_RX, entries, shape, spec)
 
 
-class _PermuteRows(torch.autograd.Function):
+class _RowsToShare(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_RX, order_R, inverse_R):
-        ctx.save_for_backward(inverse_R)
-        return x_RX.index_select(0, order_R)
-
-    @staticmethod
-    def backward(ctx, grad_RX):
-        (inverse_R,) = ctx.saved_tensors
-        return grad_RX.index_select(0, inverse_R), None, None
-
-
-def permute_rows(x_RX: Tensor, order_R: Tensor, inverse_R: Tensor) -> Tensor:
-    """x[order] for a permutation `order` of x's rows (`inverse` its inverse: x[order][inverse]
-    is x); differentiable: the gradient is a gather too, not a zero-fill and an index add."""
-    return _PermuteRows.apply(x_RX, order_R, inverse_R)
-
-
-class _SplitHeadsFirst(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x_BSGC, widths: tuple[int, ...], head_dim: int):
-        ctx.shape = x_BSGC.shape
-        B, S, G, _ = x_BSGC.shape
+    def forward(ctx, rows_RC, order, batch, groups, heads_per_group, head_dim):
+        ctx.save_for_backward(order)
+        ctx.groups, ctx.widths = groups, [hx * head_dim for hx in heads_per_group]
+        ctx.num_cols = rows_RC.shape[1]
         parts, lo = [], 0
-        for w in widths:
-            part = x_BSGC[..., lo : lo + w].reshape(B, S, G * w // head_dim, head_dim)
-            parts.append(part.transpose(1, 2).contiguous())
-            lo += w
-        ctx.widths = widths
+        for hx, width in zip(heads_per_group, ctx.widths, strict=True):
+            part = rows_RC[:, lo : lo + width]
+            parts.append(rows_to_heads_first(part, order, batch, groups, hx, head_dim))
+            lo += width
         return tuple(parts)
 
     @staticmethod
     def backward(ctx, *grads):
-        B, S, G, C = ctx.shape
-        grad = grads[0].new_empty(B, S, G, C)
+        (order,) = ctx.saved_tensors
+        grad = grads[0].new_empty(order.shape[0], ctx.num_cols)  # every row is written
         lo = 0
-        for w, g in zip(ctx.widths, grads, strict=True):
-            grad[..., lo : lo + w] = g.transpose(1, 2).reshape(B, S, G, w)
-            lo += w
+        for width, g in zip(ctx.widths, grads, strict=True):
+            heads_first_to_rows_(grad[:, lo : lo + width], g, order, ctx.groups)
+            lo += width
+        return grad, None, None, None, None, None
+
+
+def rows_to_share(
+    rows_RC: Tensor,
+    order: Tensor,
+    batch: int,
+    groups: int,
+    heads_per_group: tuple[int, ...],
+    head_dim: int,
+) -> tuple[Tensor, ...]:
+    """The rows a rank attends, from received order into SDPA's layout: for each column block
+    (hx * head_dim wide per entry of `heads_per_group`) a contiguous [B, G*hx, S, D] tensor
+    whose row (b, s, g) is rows_RC[order[(b*S + s)*G + g]]. `order` is a permutation, so the
+    gradient is written row by row (no zero fill, no index add)."""
+    return _RowsToShare.apply(rows_RC, order, batch, groups, tuple(heads_per_group), head_dim)
+
+
+class _ShareToRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_BHSD, order, groups):
+        ctx.save_for_backward(order)
+        ctx.shape, ctx.groups = x_BHSD.shape, groups
+        B, H, S, D = x_BHSD.shape
+        rows = x_BHSD.new_empty(order.shape[0], H // groups * D)
+        heads_first_to_rows_(rows, x_BHSD, order, groups)
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_RX):
+        (order,) = ctx.saved_tensors
+        B, H, S, D = ctx.shape
+        grad = rows_to_heads_first(grad_RX, order, B, ctx.groups, H // ctx.groups, D)
         return grad, None, None
 
 
-def split_heads_first(x_BSGC: Tensor, widths: tuple[int, ...], head_dim: int) -> tuple[Tensor, ...]:
-    """Column groups of x [B, S, G, C] (widths summing to C, multiples of head_dim), each as a
-    contiguous [B, heads, S, head_dim] tensor (heads = G * width / head_dim). Its gradient is
-    written into one buffer, not one zero-filled copy of x per part."""
-    return _SplitHeadsFirst.apply(x_BSGC, tuple(widths), head_dim)
+def share_to_rows(x_BHSD: Tensor, order: Tensor, groups: int) -> Tensor:
+    """Inverse of `rows_to_share` for one tensor: [B, H, S, D] back to rows [B*S*G, (H/G)*D]
+    in received order (row order[(b*S + s)*G + g] holds (b, s, g))."""
+    return _ShareToRows.apply(x_BHSD, order, groups)

@@ -36,8 +36,7 @@ class Routes:
     is_fine: Tensor  # [E] bool, send order: the entry is a token row (else a coarse row)
     fine_rows: Tensor  # [E] flat row in the token tensor [Bn * N_c * G, hd] (or a stand-in)
     coarse_rows: Tensor  # [E] flat row in the coarse pyramid [Bn * Pc * G, hd] (or a stand-in)
-    share_rows: Tensor  # [B * n * S_c * G], receive order: row of the attended share
-    received_row: Tensor  # [B * n * S_c * G]: its inverse (share row -> received position)
+    received_row: Tensor  # [B * n * S_c * G]: row (b, s, g) of the share -> received position
 
     def tensors(self) -> tuple[Tensor, ...]:
         return astuple(self)
@@ -116,7 +115,7 @@ def route_entries(
     received_row = torch.empty_like(share_rows).scatter_(
         0, share_rows, torch.arange(len(share_rows), device=device)
     )
-    return Routes(counts, fine_sent, fine_rows, coarse_rows, share_rows, received_row)
+    return Routes(counts, fine_sent, fine_rows, coarse_rows, received_row)
 
 
 @functools.lru_cache(maxsize=64)

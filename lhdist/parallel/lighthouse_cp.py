@@ -35,9 +35,9 @@ from torch import Tensor
 from lhdist.ops.flat_rows import (
     FlatEntries,
     gather_flat,
-    permute_rows,
+    rows_to_share,
     scatter_flat_with_spill,
-    split_heads_first,
+    share_to_rows,
 )
 from lhdist.ops.lighthouse import select_and_gather
 from lhdist.ops.pyramid import coarse_pyramid, group_max, score_pyramid
@@ -296,7 +296,6 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     Bn, N_c, H, D = q_c.shape
     G, n = k_c.shape[2], len(my_chunks)
     B = Bn // n
-    chunks = num_chunks(world, layout)
 
     with torch.no_grad():
         # One read of q and k gives their coarse levels (gathered below) and their scores.
@@ -304,7 +303,6 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
         k_coarse, k_norms = coarse_pyramid(k_c.detach(), spec, with_norms=True)
         score_q, score_k = group_max(q_norms, G), k_norms.transpose(1, 2)  # [Bn, G, N_c]
     routes = _select_and_route(score_q, score_k, spec, N, my_chunks, rank, world, group, layout)
-    S_loc = n * (spec.selected_length(N) // chunks)
     # The host waits for the all-to-all's split sizes (this call's one sync) while the GPU
     # pools v, queued behind their copy: the GPU is not idle while the host resumes launching.
     counts_host, v_coarse = _to_host_behind(
@@ -315,15 +313,11 @@ def _global(q_c, k_c, v_c, spec, N, my_chunks, group, layout, attention) -> tupl
     sent = sum(send_counts)
     mine = FlatEntries(routes.is_fine[:sent], routes.fine_rows[:sent], routes.coarse_rows[:sent])
 
-    hd = H // G * D
     payload = gather_flat([(q_c, q_coarse), (k_c, k_coarse), (v_c, v_coarse)], mine, G, spec)
     received = all_to_all(payload, send_counts, recv_counts, group) if world > 1 else payload
-    share = permute_rows(received, routes.received_row, routes.share_rows)
-    share = share.view(B, S_loc, G, hd + 2 * D)
-    q_BHSD, k_BGSD, v_BGSD = split_heads_first(share, (hd, D, D), D)
+    q_BHSD, k_BGSD, v_BGSD = rows_to_share(received, routes.received_row, B, G, (H // G, 1, 1), D)
     o_BHSD = _attend(q_BHSD, k_BGSD, v_BGSD, group, layout, attention)
-    o_flat = o_BHSD.transpose(1, 2).reshape(-1, hd)
-    o_rows = permute_rows(o_flat, routes.share_rows, routes.received_row)
+    o_rows = share_to_rows(o_BHSD, routes.received_row, G)
     back = all_to_all(o_rows, recv_counts, send_counts, group) if world > 1 else o_rows
     return scatter_flat_with_spill(back, mine, (Bn, N_c, H, D), spec)
 

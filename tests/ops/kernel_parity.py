@@ -98,6 +98,27 @@ def main() -> None:
     for flags in [(True, False), (False, True), (True, True)]:
         check(f"add_flat_ {flags}", *both(lambda f=flags: add(*f)))
 
+    # The rows a rank attends: a permutation into SDPA's layout and back (column blocks of a
+    # wider received buffer, hx heads per group).
+    Bs, Ss, Gs, hx = 2, 24, 3, 2
+    T = Bs * Ss * Gs
+    order = torch.randperm(T)
+    received = torch.randn(T, hx * D + 2 * D)
+    check("rows_to_heads_first", *both(
+        lambda: rows.rows_to_heads_first(received[:, hx * D : hx * D + D], order, Bs, Gs, 1, D)
+    ))  # fmt: skip
+    check("rows_to_heads_first hx=2", *both(
+        lambda: rows.rows_to_heads_first(received[:, : hx * D], order, Bs, Gs, hx, D)
+    ))  # fmt: skip
+    share = torch.randn(Bs, Gs * hx, Ss, D)
+
+    def to_rows():
+        dst = torch.zeros(T, hx * D + 5)
+        rows.heads_first_to_rows_(dst[:, 5:], share, order, Gs)
+        return dst
+
+    check("heads_first_to_rows_", *both(to_rows))
+
     v = torch.randn(B, M, G, D)
 
     def op():

@@ -31,9 +31,8 @@ def test_routes_send_each_entry_once_to_the_rank_that_attends_it(layout, world):
     assert received.sum(1).tolist() == [B * G * S_loc] * world  # equal attended shares
 
     for r, route in enumerate(routes):
-        rows = len(route.share_rows)
-        assert torch.equal(route.share_rows.sort().values, torch.arange(rows))  # a permutation
-        assert torch.equal(route.share_rows[route.received_row], torch.arange(rows))
+        rows = len(route.received_row)  # every share row from one received row: a permutation
+        assert torch.equal(route.received_row.sort().values, torch.arange(rows))
         # The rows this rank sends are distinct rows of its own buffers.
         mine = int(sent[r].sum())
         fine = route.is_fine[:mine]

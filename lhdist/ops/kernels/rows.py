@@ -330,3 +330,63 @@ def add_flat_(
 @add_flat_.register_fake
 def _(rows, is_fine, fine_rows, coarse_rows, fine, coarse, into_fine, into_coarse):
     return None
+
+
+# --- rows_to_heads_first / heads_first_to_rows_ ---------------------------------------------
+
+
+def _share_grid(T: int, width: int) -> tuple[tuple[int, int], int, int]:
+    block = min(triton.next_power_of_2(width), 1024)
+    rows = max(1, 8192 // block)
+    return (triton.cdiv(T, rows), triton.cdiv(width, block)), rows, block
+
+
+@torch.library.custom_op("lhdist::rows_to_heads_first", mutates_args=())
+def rows_to_heads_first(
+    src: Tensor, perm: Tensor, batch: int, groups: int, heads_per_group: int, head_dim: int
+) -> Tensor:
+    """x [B, G*hx, S, D] (B=batch, G=groups, hx=heads_per_group, D=head_dim) of permuted rows:
+    x[b, g*hx + j, s] = src[perm[(b*S + s)*G + g], j*D : (j+1)*D]. src [R, >= hx*D] with
+    adjacent columns (a column block of a wider buffer is fine); perm [B*S*G]."""
+    T, width = perm.shape[0], heads_per_group * head_dim
+    S = T // (batch * groups)
+    x = src.new_empty(batch, groups * heads_per_group, S, head_dim)
+    if _triton_on(src):
+        src = _row_major(src)
+        grid, rows, block = _share_grid(T, width)
+        _tk.rows_to_heads_first_kernel[grid](
+            src, perm.contiguous(), x, T, S, src.stride(0),
+            G=groups, HX=heads_per_group, D=head_dim, ROWS=rows, BLOCK_C=block,
+        )  # fmt: skip
+        return x
+    picked = src.index_select(0, perm)[:, :width]
+    x.copy_(picked.reshape(batch, S, groups * heads_per_group, head_dim).transpose(1, 2))
+    return x
+
+
+@rows_to_heads_first.register_fake
+def _(src, perm, batch, groups, heads_per_group, head_dim):
+    S = perm.shape[0] // (batch * groups)
+    return src.new_empty(batch, groups * heads_per_group, S, head_dim)
+
+
+@torch.library.custom_op("lhdist::heads_first_to_rows_", mutates_args=("dst",))
+def heads_first_to_rows_(dst: Tensor, x: Tensor, perm: Tensor, groups: int) -> None:
+    """The inverse of rows_to_heads_first, in place: dst[perm[t], :hx*D] = row t of x
+    [B, G*hx, S, D]; every row of perm written once (a permutation: no atomics)."""
+    B, heads, S, D = x.shape
+    T, width = perm.shape[0], heads // groups * D
+    x = x.contiguous()
+    if _triton_on(x) and dst.stride(1) == 1:
+        grid, rows, block = _share_grid(T, width)
+        _tk.heads_first_to_rows_kernel[grid](
+            x, perm.contiguous(), dst, T, S, dst.stride(0),
+            G=groups, HX=heads // groups, D=D, ROWS=rows, BLOCK_C=block,
+        )  # fmt: skip
+        return
+    dst[:, :width].index_copy_(0, perm, x.transpose(1, 2).reshape(T, width))
+
+
+@heads_first_to_rows_.register_fake
+def _(dst, x, perm, groups):
+    return None

@@ -1,6 +1,6 @@
 """Triton kernels for the memory-bound parts of Lighthouse attention.
 
-Every tensor is a stack of rows of width W = heads*D (contiguous). Six kernels:
+Every tensor is a stack of rows of width W = heads*D (contiguous). Eight kernels:
   window_reduce: out[i] = scale * sum_{r<p} x[i*p + shift + r] (rows past N skipped), and, when
                  asked, fp32 L2 norms of every D-slice of the rows read (pooling + scores in one
                  read of the input);
@@ -9,7 +9,9 @@ Every tensor is a stack of rows of width W = heads*D (contiguous). Six kernels:
   take_rows:     rows of the gathered sequence from (tokens, coarse pyramid) by pyramid index;
   put_rows:      the adjoint: write (or add) gathered rows back at their pyramid rows;
   take_flat, add_flat: the same for rows addressed one by one in flat [rows, HD] views (the
-                 entries a rank owns under global CP selection, which vary per head).
+                 entries a rank owns under global CP selection, which vary per head);
+  rows_to_heads_first, heads_first_to_rows: a permutation of such rows to and from the
+                 [B, heads, S, D] layout of SDPA in one pass (the rows a rank attends).
 Each program moves whole D-wide vectors with vectorised loads, which the generic PyTorch
 broadcast/index kernels do not, and none needs atomics (selected rows are unique per head).
 
@@ -189,3 +191,43 @@ def add_flat_kernel(
         c_mask = (ok & ~is_fine)[:, None] & m
         old = tl.load(c_ptrs, mask=c_mask, other=0.0).to(tl.float32)
         tl.store(c_ptrs, (old + vals).to(coarse_ptr.dtype.element_ty), mask=c_mask)
+
+
+@triton.jit
+def _share_offsets(t, c, S_loc, G: tl.constexpr, HX: tl.constexpr, D: tl.constexpr):
+    """Element offsets in x [B, G*HX, S_loc, D] of share row t = (b*S_loc + s)*G + g, column c
+    (head g*HX + c // D, dim c % D)."""
+    g = t % G
+    s = (t // G) % S_loc
+    b = t // (G * S_loc)
+    head = (b * (G * HX) + g * HX)[:, None] + (c // D)[None, :]
+    return (head.to(tl.int64) * S_loc + s[:, None]) * D + (c % D)[None, :]
+
+
+@triton.jit
+def rows_to_heads_first_kernel(
+    src_ptr, perm_ptr, x_ptr, T, S_loc, src_stride,
+    G: tl.constexpr, HX: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # x[b, g*HX + j, s, :] = src[perm[t], j*D : (j+1)*D] for share row t = (b*S_loc + s)*G + g:
+    # a permutation of rows and the heads-first layout of SDPA in one pass.
+    t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (t < T)[:, None] & (c < HX * D)[None, :]
+    rows = tl.load(perm_ptr + t, mask=t < T, other=0).to(tl.int64)
+    vals = tl.load(src_ptr + rows[:, None] * src_stride + c[None, :], mask=ok)
+    tl.store(x_ptr + _share_offsets(t, c, S_loc, G, HX, D), vals, mask=ok)
+
+
+@triton.jit
+def heads_first_to_rows_kernel(
+    x_ptr, perm_ptr, dst_ptr, T, S_loc, dst_stride,
+    G: tl.constexpr, HX: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    # The inverse: dst[perm[t], j*D : (j+1)*D] = x[b, g*HX + j, s, :]; every row written once.
+    t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (t < T)[:, None] & (c < HX * D)[None, :]
+    vals = tl.load(x_ptr + _share_offsets(t, c, S_loc, G, HX, D), mask=ok)
+    rows = tl.load(perm_ptr + t, mask=t < T, other=0).to(tl.int64)
+    tl.store(dst_ptr + rows[:, None] * dst_stride + c[None, :], vals, mask=ok)
