@@ -238,12 +238,13 @@ def layer_comm(cfg: Config, a: int, kind: str) -> dict[str, tuple[int, int]]:
     out["all_gather"] = (halo, 0)  # the spills of each chunk's last windows
     out["reduce_scatter"] = (0, halo)
     if kind == "global":
-        # Candidate scores of every level (coarsest: all windows; finer: p children of the k
-        # selected), 2 fp32 per (batch, kv head) window, summed by reduce-scatter + all-gather.
-        cands = N // spec.coarsest_window + (spec.num_levels - 2) * spec.topk * spec.pooling_factor
-        scores = (w - 1) * -(-2 * B * G * cands // w) * FP32
-        out["all_gather"] = (halo + scores, 0)
-        out["reduce_scatter"] = (scores, halo)
+        # Candidate scores of the levels L..2 (coarsest: all windows; finer: p children of the
+        # k selected), 2 fp32 per (batch, kv head) window, one all-reduce (sum) per level.
+        levels = [N // spec.coarsest_window] + [spec.topk * spec.pooling_factor] * (
+            spec.num_levels - 2
+        )
+        scores = sum(2 * (w - 1) * -(-2 * B * G * c // w) * FP32 for c in levels)
+        out["all_reduce"] = (scores, 0)
         # q/k/v rows of a kv group travel from their owner to the rank attending them, outputs
         # back, and the backward mirrors both. Data-dependent: rows stay home while each chunk
         # holds its share of the causal order. Pessimistic: every fine-level entry moves.

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 ProcessGroup = dist.ProcessGroup
-COMM_KINDS = ("all_gather", "reduce_scatter", "all_to_all", "ring", "check")
+COMM_KINDS = ("all_gather", "reduce_scatter", "all_reduce", "all_to_all", "ring", "check")
 PHASES = ("forward", "backward")
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +40,8 @@ class CommStats:
 
     Autograd functions keep the recorders that were open in their forward, so their backward
     traffic lands in the same `CommStats` even when backward runs after the block has closed.
-    Kinds: all_gather, reduce_scatter, all_to_all, ring (point-to-point), check (config checks).
+    Kinds: all_gather, reduce_scatter, all_reduce, all_to_all, ring (point-to-point), check
+    (config checks).
     Bytes are the logical payload leaving this rank (what a gloo fallback does is not counted).
     """
 
@@ -399,12 +400,14 @@ class RingComm:
 # config agreement
 
 
-def all_ranks_true(flag: bool, group: ProcessGroup | None) -> bool:
-    """True on every rank iff `flag` is True on every rank of `group` (one tiny all-reduce)."""
-    local = torch.tensor([int(flag)], device=comm_device(group))
-    record_comm("check", local.numel() * local.element_size())
-    dist.all_reduce(local, op=dist.ReduceOp.MIN, group=group)
-    return bool(local.item())
+def all_reduce_sum_(x: Tensor, group: ProcessGroup | None, count: bool = True) -> Tensor:
+    """x summed over the ranks of `group`, in place (no autograd); returns x. Counted as a ring
+    all-reduce sends: 2 * (W-1) / W of x per rank (`count=False`: not counted)."""
+    world = dist.get_world_size(group)
+    if count:
+        record_comm("all_reduce", 2 * (world - 1) * -(-x.numel() // world) * x.element_size())
+    dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+    return x
 
 
 # (id(group), what, values) already found equal on every rank (see `once_per_config`).

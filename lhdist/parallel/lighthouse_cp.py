@@ -43,17 +43,14 @@ from lhdist.ops.lighthouse import select_and_gather
 from lhdist.ops.pyramid import coarse_pyramid, group_max, score_pyramid
 from lhdist.ops.scatter import add_halo_, scatter_entries_with_spill
 from lhdist.ops.selection import cascade
-from lhdist.ops.selection_graph import graph_applies, graph_dropped, replay_graph
+from lhdist.ops.selection_graph import graph_applies, replay_graph
 from lhdist.ops.spec import TILE_BUDGET, LighthouseSpec, check_qkv
 from lhdist.parallel.allgather_attention import allgather_attention
 from lhdist.parallel.collectives import (
-    CommStats,
     all_gather,
-    all_ranks_true,
+    all_reduce_sum_,
     all_to_all,
     check_same_across_ranks,
-    record_comm,
-    reduce_scatter,
 )
 from lhdist.parallel.global_routes import Routes, route_entries
 from lhdist.parallel.ring_attention import ring_attention_heads_first
@@ -198,73 +195,38 @@ def _tile(q_c, k_c, v_c, chunk_spec, n, group, layout, attention) -> tuple[Tenso
     return scatter_entries_with_spill(_seq_to_chunks(o_BHSD, n), idx_BnGS, chunk_spec, q_c.shape[1])
 
 
-def _exchange_scores(local_BGXC: Tensor, group) -> Tensor:
-    """Sum over ranks (each candidate is owned, hence non-zero, on exactly one rank)."""
-    world = dist.get_world_size(group)
-    flat = local_BGXC.reshape(-1)
-    pad = (-flat.numel()) % world
-    flat = torch.nn.functional.pad(flat, (0, pad))
-    summed = all_gather(reduce_scatter(flat, 0, group), 0, group)
-    return summed[: local_BGXC.numel()].view(local_BGXC.shape)
-
-
-class _CallRecorder(CommStats):
-    """A CommStats that also keeps every record, to book a graph replay's traffic again."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, int, str]] = []
-
-    def record(self, kind: str, nbytes: int, phase: str = "forward") -> None:
-        super().record(kind, nbytes, phase)
-        self.calls.append((kind, nbytes, phase))
-
-
-# Per captured global-selection graph: the collectives one replay makes (kind, bytes, phase).
-_replay_traffic: dict[tuple, list[tuple[str, int, str]]] = {}
-
-
 @torch.no_grad()
 def _select_and_route(score_q, score_k, spec, N, my_chunks, rank, world, group, layout) -> Routes:
     """The global cascade over the scores of this rank's chunks [Bn, G, N_c], then this rank's
     routes for its entries (`route_entries`).
 
-    On CUDA both are captured with the score exchanges (NCCL collectives) in one CUDA graph and
-    replayed: a few hundred small launches per call would otherwise leave the GPU waiting."""
+    On CUDA both are replayed from CUDA graphs cut at the score exchanges, which run eagerly in
+    between (`replay_graph`): a few hundred small launches per call would otherwise leave the
+    GPU waiting, and NCCL stays out of the graphs."""
     cascade_then_route = functools.partial(
         _cascade_then_route, spec=spec, N=N, my_chunks=my_chunks, rank=rank, world=world,
-        group=group, layout=layout,
+        layout=layout,
     )  # fmt: skip
-    run = lambda sq, sk: Routes(*cascade_then_route(sq, sk))  # noqa: E731
-    nccl = world == 1 or "nccl" in str(dist.get_backend(group))
-    if not (graph_applies(score_q) and nccl):
-        return run(score_q, score_k)
+    exchange = functools.partial(all_reduce_sum_, group=group) if world > 1 else None
+    if not graph_applies(score_q):
+        return Routes(*cascade_then_route(score_q, score_k, exchange))
     key = ("cp_global", spec, N, tuple(my_chunks), rank, world, layout,
            id(group) if world > 1 else None)  # fmt: skip
-    agree = functools.partial(all_ranks_true, group=group) if world > 1 else None
-    inputs = (score_q, score_k)
-    if graph_dropped(key, inputs):  # its capture failed verification
-        return run(score_q, score_k)
-    if key in _replay_traffic:
-        for kind, nbytes, phase in _replay_traffic[key]:
-            record_comm(kind, nbytes, phase)
-        return Routes(*replay_graph(cascade_then_route, inputs, key, agree))
-    # First call: the warm-up and the capture each record one call's traffic, and the warm-up
-    # and the replay each send it, so the books balance; later replays book it explicitly.
-    with _CallRecorder() as recorder:
-        routes = Routes(*replay_graph(cascade_then_route, inputs, key, agree))
-    _replay_traffic[key] = recorder.calls[: len(recorder.calls) // 2]
-    return routes
+    # The first call exchanges twice (eager warm-up, verified replay); its traffic counts once.
+    quiet = functools.partial(all_reduce_sum_, group=group, count=False) if world > 1 else None
+    return Routes(*replay_graph(cascade_then_route, (score_q, score_k), key, exchange, quiet))
 
 
-def _cascade_then_route(score_q, score_k, spec, N, my_chunks, rank, world, group, layout):
-    """`Routes.tensors()` of the global selection (a tuple: what a captured graph returns)."""
-    idx_BGS = _global_cascade(score_q, score_k, spec, N, my_chunks, world, group)
+def _cascade_then_route(score_q, score_k, exchange, spec, N, my_chunks, rank, world, layout):
+    """`Routes.tensors()` of the global selection (a tuple: what a captured graph returns).
+    exchange: sums a tensor over the ranks in place (None on one rank)."""
+    idx_BGS = _global_cascade(score_q, score_k, spec, N, my_chunks, exchange)
     return route_entries(idx_BGS, spec, N, len(my_chunks), rank, world, layout).tensors()
 
 
-def _global_cascade(score_q, score_k, spec, N, my_chunks, world, group) -> Tensor:
-    """Candidate scores are filled by their owner and exchanged, level by level."""
+def _global_cascade(score_q, score_k, spec, N, my_chunks, exchange) -> Tensor:
+    """Candidate scores are filled by their owner and summed over the ranks, level by level
+    (each candidate is owned, hence non-zero, on exactly one rank)."""
     Bn, G, N_c = score_q.shape
     n = len(my_chunks)
     B, device = Bn // n, score_q.device
@@ -282,7 +244,7 @@ def _global_cascade(score_q, score_k, spec, N, my_chunks, world, group) -> Tenso
                 scores = levels[level - 1].view(B, n, G, per_chunk)[:, j]
                 vals = scores.gather(2, at).view(cand.shape)
                 local[which] = torch.where(mine, vals, local[which])
-        both = _exchange_scores(local, group) if world > 1 else local
+        both = exchange(local) if exchange is not None else local
         return both[0], both[1]
 
     return cascade(fetch, B, G, N, spec, device)

@@ -124,3 +124,38 @@ def test_gpu_graph_that_differs_from_eager_is_dropped():
     assert torch.equal(first, torch.full_like(x, 1.0))  # the eager warm-up's value
     assert graph_dropped(("test_drop",), (x,))
     assert torch.equal(replay_graph(host_dependent, (x,), ("test_drop",)), x + 3)  # eager again
+
+
+def test_gpu_graph_segments_run_the_op_between_them_eagerly():
+    """With `between`, the capture is cut where fn hands a tensor to it and the op runs eagerly
+    between the segments on every replay (a collective there is never captured): here the op
+    adds a host counter, which a captured op would freeze."""
+    from lhdist.ops.selection_graph import replay_graph
+
+    calls = []
+
+    def count_in(y):  # in place, host-dependent: differs on every call
+        calls.append(None)
+        return y.add_(100 * len(calls))
+
+    def fn(x, between):
+        y = between(x * 2)
+        return between(y + 1) * 3, y.sum()
+
+    verify = []
+
+    def same_op_uncounted(y):  # what the warm-up did, without touching `calls`
+        verify.append(None)
+        return y.add_(100 * len(verify))
+
+    x = torch.arange(4.0, device="cuda")
+    first = replay_graph(fn, (x,), ("test_segments",), count_in, same_op_uncounted)
+    # Warm-up eager (calls 1, 2), capture (no op), verified replay with the uncounted op.
+    assert len(calls) == 2 and len(verify) == 2
+    assert torch.equal(first[0], ((x * 2 + 100) + 1 + 200) * 3)
+    for n in range(2):  # each replay runs the segments and the op twice, with fresh counts
+        before = len(calls)
+        out, total = replay_graph(fn, (x + n,), ("test_segments",), count_in)
+        a, b = 100 * (before + 1), 100 * (before + 2)
+        assert torch.equal(out, (((x + n) * 2 + a) + 1 + b) * 3)
+        assert torch.equal(total, ((x + n) * 2 + a).sum())

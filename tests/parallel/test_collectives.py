@@ -12,7 +12,7 @@ from lhdist.parallel.collectives import (
     CommStats,
     RingComm,
     all_gather,
-    all_ranks_true,
+    all_reduce_sum_,
     all_to_all,
     check_same_across_ranks,
     reduce_scatter,
@@ -93,9 +93,11 @@ def _check_ring_and_agreement(rank: int, world: int, group) -> None:
     assert ring_stats.as_dict() == {"ring/forward": 3 * 4 + 4 * 4}
     assert comm.rank == rank and comm.world_size == world
 
-    # a flag is True everywhere only when every rank's is
-    assert all_ranks_true(True, group)
-    assert not all_ranks_true(rank != world - 1, group)
+    # in-place sum over the ranks, counted as a ring all-reduce sends (2 * (W-1)/W of it)
+    with CommStats() as stats:
+        summed = all_reduce_sum_(torch.full((5,), float(rank + 1)), group)
+    assert torch.equal(summed, torch.full((5,), world * (world + 1) / 2))
+    assert stats.bytes_sent("all_reduce") == 2 * (world - 1) * -(-5 // world) * 4
 
     # config agreement: equal passes; a rank-dependent value raises on every rank
     check_same_across_ranks([1, 2, 3], group, "cfg")

@@ -84,13 +84,10 @@ def _assert_score_traffic_is_compact(stats, world, layout, heads, N, spec, atten
     halo = chunks_here * B * (L - 1) * H * D * 4 * (world - 1)
     # The all-gather attention moves the gathered sequence's k/v (O(S*G*D)); the rest is scores.
     kv = 2 * B * (S // world) * G * D * 4 * (world - 1) if attention == "allgather" else 0
-    score = (
-        stats.bytes_sent("reduce_scatter", "forward")
-        + stats.bytes_sent("all_gather", "forward")
-        - halo
-        - kv
-    )
-    # Per level a reduce-scatter + all-gather of (score_q, score_k) per candidate, fp32.
+    assert stats.bytes_sent("all_gather", "forward") == halo + kv  # spills (+ k/v), no scores
+    score = stats.bytes_sent("all_reduce", "forward")
+    # Per level one all-reduce of (score_q, score_k) per candidate, fp32: a ring all-reduce
+    # sends 2 (W-1)/W of it per rank.
     bound = 2 * 2 * 4 * B * G * (N // spec.coarsest_window + (L - 1) * p * k) + 64 * world
     assert 0 < score <= bound, f"score traffic {score} B exceeds O(N/c_L + L*p*k) bound {bound}"
     dense_ring_kv = (world - 1) * 2 * B * (N // world) * G * D * 4
