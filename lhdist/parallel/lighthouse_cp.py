@@ -213,7 +213,10 @@ def _select_and_route(score_q, score_k, spec, N, my_chunks, rank, world, group, 
     key = ("cp_global", spec, N, tuple(my_chunks), rank, world, layout,
            id(group) if world > 1 else None)  # fmt: skip
     # The first call exchanges twice (eager warm-up, verified replay); its traffic counts once.
-    quiet = functools.partial(all_reduce_sum_, group=group, count=False) if world > 1 else None
+    if exchange is None:  # one rank: nothing to exchange, one segment
+        alone = functools.partial(cascade_then_route, exchange=None)
+        return Routes(*replay_graph(alone, (score_q, score_k), key))
+    quiet = functools.partial(all_reduce_sum_, group=group, count=False)
     return Routes(*replay_graph(cascade_then_route, (score_q, score_k), key, exchange, quiet))
 
 

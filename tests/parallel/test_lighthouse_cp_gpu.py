@@ -39,3 +39,37 @@ def test_gpu_cp_single_rank_equals_op_graph_and_eager(layout, selection, monkeyp
         eager = run(lambda *xs: lighthouse_cp_attention(*xs, spec, None, layout))
     for got, want in zip(eager, graphed):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_gpu_graph_segments_run_nccl_exchanges_between_them(tmp_path):
+    """The global cascade's score exchanges run as eager NCCL all-reduces between captured
+    segments (a one-rank group here): values as eager, each replay counted once, the replay
+    that verifies the capture not counted."""
+    import functools
+
+    import torch.distributed as dist
+
+    from lhdist.ops.selection_graph import replay_graph
+    from lhdist.parallel.collectives import CommStats, all_reduce_sum_
+
+    dist.init_process_group(
+        "nccl", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1,
+        device_id=torch.device("cuda", torch.cuda.current_device()),
+    )  # fmt: skip
+    try:
+        exchange = functools.partial(all_reduce_sum_, group=dist.group.WORLD)
+        uncounted = functools.partial(exchange, count=False)
+
+        def fn(x, between):
+            y = between(x.cumsum(0))
+            return between(y * 2) + 1
+
+        x = torch.arange(8.0, device="cuda")
+        with CommStats() as stats:
+            first = replay_graph(fn, (x,), ("test_nccl_segments",), exchange, uncounted)
+            again = replay_graph(fn, (x + 1,), ("test_nccl_segments",), exchange, uncounted)
+        assert torch.equal(first, x.cumsum(0) * 2 + 1)
+        assert torch.equal(again, (x + 1).cumsum(0) * 2 + 1)
+        assert stats.num_calls("all_reduce") == 4  # warm-up 2, replay 2 (verification: none)
+    finally:
+        dist.destroy_process_group()
