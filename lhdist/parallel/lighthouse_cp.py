@@ -15,9 +15,10 @@ with the single-device kernels, touching the full-length tensors as often as one
           order are the single-device one, attended causally across ranks (`ring_attention`,
           or k/v of the short gathered sequence all-gathered).
   global: one cascade over the whole sequence; level by level the scores of the candidate
-          windows are exchanged (each owner fills its own, zeros elsewhere, summed), every rank
-          computes the same top-k, and q/k/v rows move to the rank that attends them
-          (all-to-all), outputs come back the same way.
+          windows are exchanged (each owner fills its own, zeros elsewhere, one all-reduce
+          sums them), every rank computes the same top-k, and q/k/v rows move to the rank
+          that attends them (all-to-all, orders from `global_routes`), outputs come back the
+          same way.
 Then every chunk scatters its entries' outputs, and the spans of its last windows (one per
 level 2..L) that run past the chunk are added to the next chunk's first positions: a halo of
 L-1 rows per chunk, all-gathered.
