@@ -18,21 +18,23 @@ from lhdist.ops.spec import LighthouseSpec
 
 class _PyramidGather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_BNHD, coarse_BPHD, idx_BGS, spec):
+    def forward(ctx, x_BNHD, coarse_BPHD, idx_BGS, spec, chunks):
         ctx.save_for_backward(idx_BGS)
         ctx.spec, ctx.seq_len, ctx.coarse_len = spec, x_BNHD.shape[1], coarse_BPHD.shape[1]
-        return take_rows(x_BNHD, coarse_BPHD, idx_BGS)
+        ctx.chunks = chunks
+        return take_rows(x_BNHD, coarse_BPHD, idx_BGS, chunks)
 
     @staticmethod
     def backward(ctx, grad_BHSD):
         (idx_BGS,) = ctx.saved_tensors
         B, H, _, D = grad_BHSD.shape
+        B, n = B * ctx.chunks, ctx.chunks
         grad_coarse = grad_BHSD.new_zeros(B, ctx.coarse_len, H, D)
         none = grad_BHSD.new_empty(0)
-        put_rows_(grad_BHSD, idx_BGS, none, grad_coarse, ctx.seq_len, False, False, True)
+        put_rows_(grad_BHSD, idx_BGS, none, grad_coarse, ctx.seq_len, False, False, True, n)
         grad_x = unpool_coarse(grad_coarse, ctx.seq_len, ctx.spec)
-        put_rows_(grad_BHSD, idx_BGS, grad_x, none, ctx.seq_len, True, True, False)
-        return grad_x, None, None, None
+        put_rows_(grad_BHSD, idx_BGS, grad_x, none, ctx.seq_len, True, True, False, n)
+        return grad_x, None, None, None, None
 
 
 def gather_pooled(
@@ -40,11 +42,14 @@ def gather_pooled(
     idx_BGS: torch.Tensor,
     spec: LighthouseSpec,
     coarse_BPHD: torch.Tensor | None = None,
+    chunks: int = 1,
 ) -> torch.Tensor:
     """Pooled rows of x for the selected entries, head-major for attention: [B, H, S, D].
 
-    `coarse_BPHD`: x's coarse pyramid if already computed. Gradient (to x only): each entry's
-    row gradient spreads evenly over the tokens of its window."""
+    `coarse_BPHD`: x's coarse pyramid if already computed. `chunks` > 1: x's batch rows are
+    consecutive chunks of longer sequences; the result is then [B/chunks, H, chunks*S, D] (see
+    `take_rows`). Gradient (to x only): each entry's row gradient spreads evenly over the
+    tokens of its window."""
     if coarse_BPHD is None:
         coarse_BPHD, _ = coarse_pyramid(x_BNHD.detach(), spec)
-    return _PyramidGather.apply(x_BNHD, coarse_BPHD, idx_BGS, spec)
+    return _PyramidGather.apply(x_BNHD, coarse_BPHD, idx_BGS, spec, chunks)

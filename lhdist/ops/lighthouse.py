@@ -44,9 +44,12 @@ def select_and_gather(
     v: torch.Tensor,
     spec: LighthouseSpec,
     indices: torch.Tensor | None = None,
+    chunks: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Selection (unless given) and the gathered pooled rows: (q [B,H,S,D], k/v [B,G,S,D],
-    indices [B,G,S]); differentiable in q, k, v. Inputs are checked by the caller."""
+    indices [B,G,S]); differentiable in q, k, v. Inputs are checked by the caller.
+    `chunks` > 1: the batch rows are consecutive chunks of longer sequences, each selecting
+    alone; the gathered rows are then [B/chunks, heads, chunks*S, D] (see `take_rows`)."""
     G = k.shape[2]
     select = indices is None
     with torch.no_grad():
@@ -59,9 +62,9 @@ def select_and_gather(
         else:
             check_indices(indices, q, k, spec)
     return (
-        gather_pooled(q, indices, spec, q_coarse),
-        gather_pooled(k, indices, spec, k_coarse),
-        gather_pooled(v, indices, spec, v_coarse),
+        gather_pooled(q, indices, spec, q_coarse, chunks),
+        gather_pooled(k, indices, spec, k_coarse, chunks),
+        gather_pooled(v, indices, spec, v_coarse, chunks),
         indices,
     )
 

@@ -64,17 +64,18 @@ def add_spill_grad_(sums_BPHD: torch.Tensor, grad_spill: torch.Tensor, spec, seq
 
 class _ScatterEntries(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, o_BHSD, idx_BGS, spec, seq_len, with_spill):
+    def forward(ctx, o_BHSD, idx_BGS, spec, seq_len, with_spill, chunks):
         ctx.save_for_backward(idx_BGS)
-        ctx.spec, ctx.with_spill = spec, with_spill
-        B, H, _, D = o_BHSD.shape
+        ctx.spec, ctx.with_spill, ctx.chunks = spec, with_spill, chunks
+        B, G, _ = idx_BGS.shape
+        H, D = o_BHSD.shape[1], o_BHSD.shape[3]
         p = spec.pooling_factor
         coarse = o_BHSD.new_zeros(B, sum(spec.level_lengths(seq_len)[1:]), H, D)
         none = o_BHSD.new_empty(0)
-        put_rows_(o_BHSD, idx_BGS, none, coarse, seq_len, False, False, True)
+        put_rows_(o_BHSD, idx_BGS, none, coarse, seq_len, False, False, True, chunks)
         spill = take_spill(coarse, spec, seq_len) if with_spill else none
         out = spread(None, _accumulate_blocks(coarse, seq_len, spec), seq_len, p, 1, 1, 1.0)
-        put_rows_(o_BHSD, idx_BGS, out, none, seq_len, True, True, False)
+        put_rows_(o_BHSD, idx_BGS, out, none, seq_len, True, True, False, chunks)
         return out, spill
 
     @staticmethod
@@ -84,7 +85,8 @@ class _ScatterEntries(torch.autograd.Function):
         sums = _block_sums(grad_BNHD, ctx.spec)
         if ctx.with_spill:
             add_spill_grad_(sums, grad_spill, ctx.spec, grad_BNHD.shape[1])
-        return take_rows(grad_BNHD, sums, idx_BGS), None, None, None, None
+        grad_o = take_rows(grad_BNHD, sums, idx_BGS, ctx.chunks)
+        return grad_o, None, None, None, None, None
 
 
 def scatter_entries(
@@ -92,15 +94,21 @@ def scatter_entries(
 ) -> torch.Tensor:
     """Sum entry outputs [B, H, S, D] into token positions [B, N, H, D]; gradient: each entry
     receives the sum of the position gradients over its span."""
-    return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len, False)[0]
+    return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len, False, 1)[0]
 
 
 def scatter_entries_with_spill(
-    o_BHSD: torch.Tensor, idx_BGS: torch.Tensor, spec: LighthouseSpec, seq_len: int
+    o_BHSD: torch.Tensor,
+    idx_BGS: torch.Tensor,
+    spec: LighthouseSpec,
+    seq_len: int,
+    chunks: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`scatter_entries` of one CP chunk, plus its spill [B, L-1, H, D]: the outputs of the last
-    window of levels 2..L, which the next chunk adds to its first positions (`add_halo_`)."""
-    return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len, True)
+    """`scatter_entries` of CP chunks, plus each chunk's spill [B, L-1, H, D]: the outputs of the
+    last window of levels 2..L, which the next chunk adds to its first positions (`add_halo_`).
+    `chunks` > 1: o is [B/chunks, H, chunks*S, D], consecutive chunks' entries side by side (as
+    `gather_pooled` returns them)."""
+    return _ScatterEntries.apply(o_BHSD, idx_BGS, spec, seq_len, True, chunks)
 
 
 class _AddHalo(torch.autograd.Function):

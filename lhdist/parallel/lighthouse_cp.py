@@ -172,28 +172,13 @@ def _attend(q_BHSD, k_BGSD, v_BGSD, group, layout, attention):
     return ring_attention_heads_first(q_BHSD, k_BGSD, v_BGSD, group, layout, causal=True)
 
 
-def _chunks_to_seq(x_BnHSD: Tensor, n: int) -> Tensor:
-    """[Bn, heads, S_c, D] -> [B, heads, n*S_c, D]: this rank's chunks in local order."""
-    Bn, h, S_c, D = x_BnHSD.shape
-    if n == 1:
-        return x_BnHSD
-    return x_BnHSD.view(Bn // n, n, h, S_c, D).transpose(1, 2).reshape(Bn // n, h, n * S_c, D)
-
-
-def _seq_to_chunks(x_BHSD: Tensor, n: int) -> Tensor:
-    """Inverse of `_chunks_to_seq`."""
-    B, h, S, D = x_BHSD.shape
-    if n == 1:
-        return x_BHSD
-    return x_BHSD.view(B, h, n, S // n, D).transpose(1, 2).reshape(B * n, h, S // n, D)
-
-
 def _tile(q_c, k_c, v_c, chunk_spec, n, group, layout, attention) -> tuple[Tensor, Tensor]:
-    """Tile mode: every chunk selects and gathers alone; (out [Bn, N_c, H, D], spill)."""
-    q_sel, k_sel, v_sel, idx_BnGS = select_and_gather(q_c, k_c, v_c, chunk_spec)
-    o_BHSD = _attend(*(_chunks_to_seq(x, n) for x in (q_sel, k_sel, v_sel)), group, layout,
-                     attention)  # fmt: skip
-    return scatter_entries_with_spill(_seq_to_chunks(o_BHSD, n), idx_BnGS, chunk_spec, q_c.shape[1])
+    """Tile mode: every chunk selects and gathers alone, written straight into this rank's
+    gathered sequence [B, heads, n*S_c, D] (its chunks in local order); (out [Bn, N_c, H, D],
+    spill)."""
+    q_sel, k_sel, v_sel, idx_BnGS = select_and_gather(q_c, k_c, v_c, chunk_spec, chunks=n)
+    o_BHSD = _attend(q_sel, k_sel, v_sel, group, layout, attention)
+    return scatter_entries_with_spill(o_BHSD, idx_BnGS, chunk_spec, q_c.shape[1], chunks=n)
 
 
 @torch.no_grad()

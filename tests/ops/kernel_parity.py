@@ -73,6 +73,20 @@ def main() -> None:
     for flags in [(False, True, True), (True, True, False), (False, False, True)]:
         check(f"put_rows_ {flags}", *both(lambda f=flags: put(*f)))
 
+    # Two chunks of one sequence as batch rows: gathered side by side [1, H, 2*S, D].
+    q2, k2 = torch.randn(2, M, H, D), torch.randn(2, M, G, D)
+    idx2 = lighthouse_select(q2, k2, spec)
+    coarse2 = torch.randn(2, coarse.shape[1], H, D)
+    check("take_rows chunks=2", *both(lambda: rows.take_rows(q2, coarse2, idx2, 2)))
+    vals2 = torch.randn(1, H, 2 * idx2.shape[-1], D)
+
+    def put2():
+        fine, crs = q2.clone(), torch.zeros_like(coarse2)
+        rows.put_rows_(vals2, idx2, fine, crs, M, True, True, True, 2)
+        return fine, crs
+
+    check("put_rows_ chunks=2", *both(put2))
+
     # Flat rows: R entries, each from the token buffer or the coarse one; the other index is a
     # stand-in that may coincide with another entry's real row there (it must stay unchanged).
     hd, R = 24, 300

@@ -179,30 +179,53 @@ def _split_rows(idx_BGS: Tensor, N: int, Pc: int, H: int):
     return fine, coarse, is_fine
 
 
+def _chunks_to_sequences(x_BnHSD: Tensor, chunks: int) -> Tensor:
+    """[Bn, H, S, D] -> [Bn/chunks, H, chunks*S, D]: batch rows i*chunks + j side by side."""
+    Bn, H, S, D = x_BnHSD.shape
+    if chunks == 1:
+        return x_BnHSD
+    x = x_BnHSD.view(Bn // chunks, chunks, H, S, D).transpose(1, 2)
+    return x.reshape(Bn // chunks, H, chunks * S, D)
+
+
+def _sequences_to_chunks(x_BHSD: Tensor, chunks: int) -> Tensor:
+    """Inverse of `_chunks_to_sequences`."""
+    B, H, S, D = x_BHSD.shape
+    if chunks == 1:
+        return x_BHSD
+    x = x_BHSD.view(B, H, chunks, S // chunks, D).transpose(1, 2)
+    return x.reshape(B * chunks, H, S // chunks, D)
+
+
 @torch.library.custom_op("lhdist::take_rows", mutates_args=())
-def take_rows(fine: Tensor, coarse: Tensor, idx: Tensor) -> Tensor:
+def take_rows(fine: Tensor, coarse: Tensor, idx: Tensor, chunks: int = 1) -> Tensor:
     """Gathered rows [B, H, S, D]: fine[b, idx, h] where idx < N, else coarse[b, idx - N, h]
-    (head h reads the indices of its kv group)."""
+    (head h reads the indices of its kv group).
+
+    chunks > 1: the batch rows are consecutive chunks of longer sequences (context
+    parallelism), and the result is [B/chunks, H, chunks*S, D], each sequence's chunks' entries
+    side by side, written there directly."""
     B, N, H, D = fine.shape
     G, S, Pc = idx.shape[1], idx.shape[2], coarse.shape[1]
     fine, coarse = fine.contiguous(), coarse.contiguous()
     if _triton_on(fine):
-        out = fine.new_empty(B, H, S, D)
+        out = fine.new_empty(B // chunks, H, chunks * S, D)
         rows = 32
         _tk.take_rows_kernel[(B * H, triton.cdiv(S, rows))](
-            fine, coarse, idx.contiguous(), out, N, Pc, S, H=H, G=G, D=D, ROWS=rows
+            fine, coarse, idx.contiguous(), out, N, Pc, S, chunks, H=H, G=G, D=D, ROWS=rows
         )
         return out
     f_rows, c_rows, is_fine = _split_rows(idx, N, Pc, H)
     a = fine.reshape(-1, D).index_select(0, f_rows)
     b = coarse.reshape(-1, D).index_select(0, c_rows)
-    return torch.where(is_fine[:, None], a, b).view(B, H, S, D)
+    gathered = torch.where(is_fine[:, None], a, b).view(B, H, S, D)
+    return _chunks_to_sequences(gathered, chunks).contiguous()
 
 
 @take_rows.register_fake
-def _(fine, coarse, idx):
+def _(fine, coarse, idx, chunks=1):
     B, _, H, D = fine.shape
-    return fine.new_empty(B, H, idx.shape[2], D)
+    return fine.new_empty(B // chunks, H, chunks * idx.shape[2], D)
 
 
 @torch.library.custom_op("lhdist::put_rows_", mutates_args=("fine", "coarse"))
@@ -215,22 +238,24 @@ def put_rows_(
     accumulate: bool,
     into_fine: bool,
     into_coarse: bool,
+    chunks: int = 1,
 ) -> None:
-    """Adjoint of take_rows, in place: write each row of `rows` [B, H, S, D] at its entry, into
-    `fine` [B, N, H, D] (added when `accumulate`) and/or `coarse` [B, Pc, H, D]; a buffer not
-    written may be an empty placeholder. Rows are unique per head: no atomics."""
-    B, H, S, D = rows.shape
-    G, N = idx.shape[1], seq_len
+    """Adjoint of take_rows, in place: write each row of `rows` [B, H, S, D] (chunks > 1:
+    [B/chunks, H, chunks*S, D], as take_rows returns it) at its entry, into `fine` [B, N, H, D]
+    (added when `accumulate`) and/or `coarse` [B, Pc, H, D]; a buffer not written may be an
+    empty placeholder. Rows are unique per head: no atomics."""
+    B, G, S = idx.shape
+    H, D, N = rows.shape[1], rows.shape[3], seq_len
     Pc = coarse.shape[1] if into_coarse else 0
     if _triton_on(rows):
         r = 32
         _tk.put_rows_kernel[(B * H, triton.cdiv(S, r))](
-            rows.contiguous(), idx.contiguous(), fine, coarse, N, Pc, S,
+            rows.contiguous(), idx.contiguous(), fine, coarse, N, Pc, S, chunks,
             H=H, G=G, D=D, ROWS=r, ACCUMULATE=accumulate, FINE=into_fine, COARSE=into_coarse,
         )  # fmt: skip
         return
     f_rows, c_rows, is_fine = _split_rows(idx, N, max(Pc, 1), H)
-    values = rows.reshape(-1, D)
+    values = _sequences_to_chunks(rows, chunks).reshape(-1, D)
     if into_fine:
         sel = is_fine.nonzero().squeeze(1)
         flat = fine.view(-1, D)
@@ -244,7 +269,7 @@ def put_rows_(
 
 
 @put_rows_.register_fake
-def _(rows, idx, fine, coarse, seq_len, accumulate, into_fine, into_coarse):
+def _(rows, idx, fine, coarse, seq_len, accumulate, into_fine, into_coarse, chunks=1):
     return None
 
 

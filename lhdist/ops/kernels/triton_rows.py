@@ -94,12 +94,20 @@ def _entries_of_program(idx_ptr, S, H: tl.constexpr, G: tl.constexpr, ROWS: tl.c
 
 
 @triton.jit
+def _gathered_row(b, h, s, S, chunks, H: tl.constexpr):
+    """Row of entry s of batch row b, head h in the gathered [B/chunks, H, chunks*S, D] tensor:
+    batch rows b = i*chunks + j are chunk j of sequence i, side by side (chunks=1: [B, H, S])."""
+    i = b // chunks
+    j = b % chunks
+    return (((i * H + h) * chunks + j) * S + s).to(tl.int64)
+
+
+@triton.jit
 def take_rows_kernel(
-    fine_ptr, coarse_ptr, idx_ptr, out_ptr, N, Pc, S,
+    fine_ptr, coarse_ptr, idx_ptr, out_ptr, N, Pc, S, chunks,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
     b, h, s, ok, idx = _entries_of_program(idx_ptr, S, H, G, ROWS)
-    bh = b * H + h
     is_fine = idx < N
     d = tl.arange(0, D)
     f_rows = ((b * N + idx) * H + h).to(tl.int64)
@@ -110,21 +118,21 @@ def take_rows_kernel(
     c = tl.load(
         coarse_ptr + c_rows[:, None] * D + d[None, :], mask=(ok & ~is_fine)[:, None], other=0.0
     )
-    out_rows = (bh * S + s).to(tl.int64)
+    out_rows = _gathered_row(b, h, s, S, chunks, H)
     tl.store(out_ptr + out_rows[:, None] * D + d[None, :], a + c, mask=ok[:, None])
 
 
 @triton.jit
 def put_rows_kernel(
-    rows_ptr, idx_ptr, fine_ptr, coarse_ptr, N, Pc, S,
+    rows_ptr, idx_ptr, fine_ptr, coarse_ptr, N, Pc, S, chunks,
     H: tl.constexpr, G: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
     ACCUMULATE: tl.constexpr, FINE: tl.constexpr, COARSE: tl.constexpr,
 ):  # fmt: skip
     b, h, s, ok, idx = _entries_of_program(idx_ptr, S, H, G, ROWS)
-    bh = b * H + h
     is_fine = idx < N
     d = tl.arange(0, D)
-    vals = tl.load(rows_ptr + (bh * S + s).to(tl.int64)[:, None] * D + d[None, :], mask=ok[:, None])
+    rows = _gathered_row(b, h, s, S, chunks, H)
+    vals = tl.load(rows_ptr + rows[:, None] * D + d[None, :], mask=ok[:, None])
     if FINE:
         f_ptrs = fine_ptr + ((b * N + idx) * H + h).to(tl.int64)[:, None] * D + d[None, :]
         f_mask = (ok & is_fine)[:, None]
