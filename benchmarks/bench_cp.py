@@ -117,7 +117,7 @@ def check_graph_equals_eager(fn, inputs, show: bool) -> None:
     """Output and input gradients with LHDIST_SELECTION_GRAPH on (twice: capture, replay) and
     off must be bitwise equal: the graph replays the same selection. Where the eager path
     itself is not bitwise reproducible (atomics in an attention backward), the graphed run
-    must differ from eager by no more than eager differs from itself."""
+    must differ from eager by at most twice what eager differs from itself (three runs)."""
 
     def run():
         xs = [x.detach().clone().requires_grad_() for x in inputs]
@@ -129,15 +129,17 @@ def check_graph_equals_eager(fn, inputs, show: bool) -> None:
         return max((a.float() - b.float()).abs().max().item() for a, b in zip(a_list, b_list))
 
     os.environ["LHDIST_SELECTION_GRAPH"] = "off"
-    eager, eager_again = run(), run()
-    noise = max_diff(eager, eager_again)
+    eager, again, third = run(), run(), run()
+    noise = max(max_diff(eager, again), max_diff(eager, third), max_diff(again, third))
     os.environ["LHDIST_SELECTION_GRAPH"] = "on"
+    # Reordered atomics move a value by an ulp or two; a different selection moves outputs
+    # by their own size. Twice the largest eager-to-eager difference tells them apart.
     for attempt in ("capture", "replay"):
         diff = max_diff(run(), eager)
-        if diff > noise:
+        if diff > 2 * noise:
             raise AssertionError(
                 f"graphed selection differs from the eager path ({attempt}): max |diff| "
-                f"{diff:.3g} > eager run-to-run {noise:.3g}"
+                f"{diff:.3g} > twice eager run-to-run {noise:.3g}"
             )
     if show:
         print(f"--- graph == eager (output, dq, dk, dv): within eager's own run-to-run "
