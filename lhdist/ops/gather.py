@@ -27,8 +27,8 @@ class _PyramidGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_BHSD):
         (idx_BGS,) = ctx.saved_tensors
-        B, H, _, D = grad_BHSD.shape
-        B, n = B * ctx.chunks, ctx.chunks
+        B, n = idx_BGS.shape[0], ctx.chunks  # entries' batch rows (chunks of sequences)
+        H, D = grad_BHSD.shape[1], grad_BHSD.shape[3]
         grad_coarse = grad_BHSD.new_zeros(B, ctx.coarse_len, H, D)
         none = grad_BHSD.new_empty(0)
         put_rows_(grad_BHSD, idx_BGS, none, grad_coarse, ctx.seq_len, False, False, True, n)

@@ -18,7 +18,7 @@ N_c chunk length, Pc coarse pyramid length of a chunk, W group size, E = B * G *
 from __future__ import annotations
 
 import functools
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -39,7 +39,8 @@ class Routes:
     received_row: Tensor  # [B * n * S_c * G]: row (b, s, g) of the share -> received position
 
     def tensors(self) -> tuple[Tensor, ...]:
-        return astuple(self)
+        # Not dataclasses.astuple: it deep-copies every tensor.
+        return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def chunk_rank_slot(chunk: Tensor, world: int, layout: str) -> tuple[Tensor, Tensor]:

@@ -330,9 +330,9 @@ def add_flat_(
     into_coarse: bool,
 ) -> None:
     """Adjoint of take_flat_, in place: rows [R, hd] (a column block of a wider buffer is fine)
-    where is_fine added into fine[fine_rows]
-    (`into_fine`), the others into coarse[coarse_rows] (`into_coarse`); contiguous flat
-    buffers, a buffer not written may be an empty placeholder. Real target rows are distinct."""
+    where is_fine added into fine[fine_rows] (`into_fine`), the others into coarse[coarse_rows]
+    (`into_coarse`); contiguous flat buffers, a buffer not written may be an empty
+    placeholder. Real target rows are distinct."""
     R, hd = rows.shape
     if _triton_on(rows):
         grid, r, block = _flat_grid(R, hd)

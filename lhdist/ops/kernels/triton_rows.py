@@ -147,6 +147,17 @@ def put_rows_kernel(
 
 
 @triton.jit
+def _flat_program(is_fine_ptr, R, HD: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's flat entries r, columns, in-range masks (entries, [1, BLOCK_C] columns)
+    and which entries are token rows."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = r < R
+    is_fine = tl.load(is_fine_ptr + r, mask=ok, other=0) != 0
+    return r, cols, ok, (cols < HD)[None, :], is_fine
+
+
+@triton.jit
 def take_flat_kernel(
     fine_ptr, coarse_ptr, is_fine_ptr, fine_rows_ptr, coarse_rows_ptr, out_ptr, R, out_stride,
     HD: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -154,14 +165,9 @@ def take_flat_kernel(
     # Rows of width HD addressed one by one: out[r] = fine[fine_rows[r]] if is_fine[r] else
     # coarse[coarse_rows[r]]. The row not used may be anything (it is never read). out's rows
     # are out_stride apart: it may be a column block of a wider buffer.
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = r < R
-    col_ok = cols < HD
-    is_fine = tl.load(is_fine_ptr + r, mask=ok, other=0) != 0
+    r, cols, ok, m, is_fine = _flat_program(is_fine_ptr, R, HD, ROWS, BLOCK_C)
     f_rows = tl.load(fine_rows_ptr + r, mask=ok & is_fine, other=0).to(tl.int64)
     c_rows = tl.load(coarse_rows_ptr + r, mask=ok & ~is_fine, other=0).to(tl.int64)
-    m = col_ok[None, :]
     f_mask = (ok & is_fine)[:, None] & m
     c_mask = (ok & ~is_fine)[:, None] & m
     a = tl.load(fine_ptr + f_rows[:, None] * HD + cols[None, :], mask=f_mask)
@@ -179,14 +185,9 @@ def add_flat_kernel(
 ):  # fmt: skip
     # The adjoint: add row r into fine[fine_rows[r]] (is_fine) or coarse[coarse_rows[r]]. Real
     # target rows are distinct, so no two programs touch one row: no atomics.
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = r < R
-    m = (cols < HD)[None, :]
-    is_fine = tl.load(is_fine_ptr + r, mask=ok, other=0) != 0
+    r, cols, ok, m, is_fine = _flat_program(is_fine_ptr, R, HD, ROWS, BLOCK_C)
     v_ptrs = rows_ptr + r.to(tl.int64)[:, None] * rows_stride + cols[None, :]
-    vals = tl.load(v_ptrs, mask=ok[:, None] & m)
-    vals = vals.to(tl.float32)
+    vals = tl.load(v_ptrs, mask=ok[:, None] & m).to(tl.float32)
     if FINE:
         f_rows = tl.load(fine_rows_ptr + r, mask=ok & is_fine, other=0).to(tl.int64)
         f_ptrs = fine_ptr + f_rows[:, None] * HD + cols[None, :]
@@ -202,14 +203,23 @@ def add_flat_kernel(
 
 
 @triton.jit
-def _share_offsets(t, c, S_loc, G: tl.constexpr, HX: tl.constexpr, D: tl.constexpr):
-    """Element offsets in x [B, G*HX, S_loc, D] of share row t = (b*S_loc + s)*G + g, column c
-    (head g*HX + c // D, dim c % D)."""
+def _share_program(
+    perm_ptr, T, S_loc,
+    G: tl.constexpr, HX: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """This program's share rows t = (b*S_loc + s)*G + g and columns c: their rows perm[t] in
+    the flat buffer (int64), the element offsets in x [B, G*HX, S_loc, D] (head g*HX + c // D,
+    dim c % D), and the in-range mask."""
+    t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (t < T)[:, None] & (c < HX * D)[None, :]
+    rows = tl.load(perm_ptr + t, mask=t < T, other=0).to(tl.int64)
     g = t % G
     s = (t // G) % S_loc
     b = t // (G * S_loc)
     head = (b * (G * HX) + g * HX)[:, None] + (c // D)[None, :]
-    return (head.to(tl.int64) * S_loc + s[:, None]) * D + (c % D)[None, :]
+    offsets = (head.to(tl.int64) * S_loc + s[:, None]) * D + (c % D)[None, :]
+    return rows, c, offsets, ok
 
 
 @triton.jit
@@ -219,12 +229,9 @@ def rows_to_heads_first_kernel(
 ):  # fmt: skip
     # x[b, g*HX + j, s, :] = src[perm[t], j*D : (j+1)*D] for share row t = (b*S_loc + s)*G + g:
     # a permutation of rows and the heads-first layout of SDPA in one pass.
-    t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = (t < T)[:, None] & (c < HX * D)[None, :]
-    rows = tl.load(perm_ptr + t, mask=t < T, other=0).to(tl.int64)
+    rows, c, offsets, ok = _share_program(perm_ptr, T, S_loc, G, HX, D, ROWS, BLOCK_C)
     vals = tl.load(src_ptr + rows[:, None] * src_stride + c[None, :], mask=ok)
-    tl.store(x_ptr + _share_offsets(t, c, S_loc, G, HX, D), vals, mask=ok)
+    tl.store(x_ptr + offsets, vals, mask=ok)
 
 
 @triton.jit
@@ -233,9 +240,6 @@ def heads_first_to_rows_kernel(
     G: tl.constexpr, HX: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     # The inverse: dst[perm[t], j*D : (j+1)*D] = x[b, g*HX + j, s, :]; every row written once.
-    t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = (t < T)[:, None] & (c < HX * D)[None, :]
-    vals = tl.load(x_ptr + _share_offsets(t, c, S_loc, G, HX, D), mask=ok)
-    rows = tl.load(perm_ptr + t, mask=t < T, other=0).to(tl.int64)
+    rows, c, offsets, ok = _share_program(perm_ptr, T, S_loc, G, HX, D, ROWS, BLOCK_C)
+    vals = tl.load(x_ptr + offsets, mask=ok)
     tl.store(dst_ptr + rows[:, None] * dst_stride + c[None, :], vals, mask=ok)
