@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "cp": ("bench_cp.py", "one CP layer (tile, global, dense ring) over the launched ranks"),
     "1m": ("bench_1m_job.py", "the 1M-token job: layers and a training step at the job layout"),
     "op": ("profile_op.py", "profile the Lighthouse op's parts"),
+    "quality": ("bench_quality.py", "dense vs Lighthouse + resume: seeds, held-out loss, paired"),
 }
 
 

@@ -113,6 +113,16 @@ def data_command(argv: list[str]) -> int:
         help="file extensions to read from directories (default .txt .md .rst .py)",
     )
     prep.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    held = prep.add_mutually_exclusive_group()
+    held.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this fraction of the input files (spread evenly) as OUT/val",
+    )
+    held.add_argument(
+        "--val", nargs="+", default=(), metavar="INPUT", help="held-out text files or directories"
+    )
     check = sub.add_parser("validate", help="check a dataset's index and every shard")
     check.add_argument("path")
     check.add_argument("--seq-len", type=int, default=None)
@@ -129,6 +139,8 @@ def data_command(argv: list[str]) -> int:
                 seq_len=args.seq_len,
                 tokenizer=args.tokenizer,
                 overwrite=args.overwrite,
+                val_fraction=args.val_fraction,
+                val_inputs=args.val,
                 **extra,
             )
         else:
@@ -140,6 +152,10 @@ def data_command(argv: list[str]) -> int:
         f"{info.path}: {info.num_samples} samples of {info.sample_len} tokens, "
         f"tokenizer {info.tokenizer}, {len(info.shards)} shards"
     )
+    held_out = info.path / "val"
+    if args.action == "prepare" and held_out.is_dir():
+        val = validate_dataset(held_out, seq_len=args.seq_len, verify_hashes=False)
+        print(f"{val.path}: {val.num_samples} held-out samples (read through data.val_path)")
     return 0
 
 

@@ -71,7 +71,10 @@ MODEL_FLAVORS: dict[str, dict[str, Any]] = {
 
 LAYOUTS = ("zigzag", "contiguous")
 ENGINES = ("deepspeed", "torch")
-LR_SCHEDULES = ("constant", "cosine", "linear")
+LR_SCHEDULES = ("constant", "cosine", "linear", "wsd")
+DECAY_SHAPES = ("linear", "cosine")
+COMPETITIONS = ("topk", "causal")
+SCATTERS = ("sum", "mean")
 DTYPES = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -120,6 +123,11 @@ class LighthouseConfig:
     """'tile' (paper, reference-exact) or 'global'."""
     scorer: str = "norm"
     """Parameter-free scorer ('norm')."""
+    competition: str = "topk"
+    """'topk' (paper: a window competes with its whole tile) or 'causal' (only with windows that
+    end before it, so stage 1 never looks ahead; tile selection only)."""
+    scatter: str = "sum"
+    """How a position combines its 1..L entry outputs: 'sum' (paper) or 'mean' (one process)."""
     full_attn_layers: list[int] | None = None
     """Layers that stay dense; None: first two and last two (first and last below 8 layers)."""
 
@@ -146,6 +154,9 @@ class DataConfig:
 
     path: str = ""
     """Prepared MDS dataset directory (`lhdist data prepare`); empty: the built-in corpus."""
+    val_path: str = ""
+    """Held-out dataset; empty: <data.path>/val when it exists (`data prepare --val-fraction`),
+    or the built-in corpus's held-out files."""
     seed: int = 0
     """Shuffle seed of the data loader."""
     verify_hashes: bool = True
@@ -161,9 +172,16 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
     """Final lr / peak lr for the cosine and linear schedules."""
     schedule: str = "cosine"
-    """After warmup: 'constant', 'cosine' or 'linear' decay to min_lr_ratio*lr at train.steps."""
+    """After warmup: 'constant', 'cosine' or 'linear' decay to min_lr_ratio*lr at train.steps, or
+    'wsd' (warmup, stable, decay over the last optim.decay_steps)."""
     warmup_steps: int = 20
     """Linear warmup from 0 to lr."""
+    decay_steps: int = 0
+    """wsd: steps of the final decay to min_lr_ratio*lr (they end at train.steps)."""
+    decay_shape: str = "linear"
+    """wsd: shape of the final decay, 'linear' or 'cosine'."""
+    resume_warmup_steps: int = 0
+    """Linear re-warmup of the lr over this many steps after the switch to dense; 0: none."""
     beta1: float = 0.9
     """Adam beta1."""
     beta2: float = 0.95
@@ -204,6 +222,9 @@ class TrainConfig:
     """auto (cuda when available), cpu or cuda."""
     seed: int = 0
     """Seed of the weight init and every RNG."""
+    deterministic: bool = False
+    """Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace), so a rerun
+    of one seed on the same machine reproduces its losses; slower on GPU."""
     run_dir: str = "runs/tiny_cpu"
     """Where the resolved config, metrics.jsonl, TensorBoard and checkpoints go."""
     log_every: int = 10
@@ -214,6 +235,34 @@ class TrainConfig:
     """Per-device peak for MFU; 0: known GPU table, or a short matmul probe on CPU."""
     num_threads: int = 0
     """torch intra-op threads per process on CPU; 0: cores / local processes."""
+
+
+@dataclass
+class EvalConfig:
+    """Held-out loss during training and the long-context checks at the end."""
+
+    every: int = 0
+    """Held-out eval every this many steps; 0: only at the last step."""
+    batches: int = 4
+    """Held-out micro-batches per eval (the val set's first ones, the same at every eval and in
+    every run with the same data); 0: no held-out eval."""
+    causal_reselection: bool = True
+    """Also report the held-out loss with causal competition (lighthouse.competition=causal) in
+    stage 1: how much the selection's look-ahead lowers the Lighthouse loss."""
+    final: bool = True
+    """After the last step, passkey retrieval and loss by position (`lhdist eval`) into
+    <run_dir>/eval_final.json (one process per CP group; skipped under cp>1 or ZeRO-3)."""
+    passkey_lengths: list[int] | None = None
+    """Passkey prompt lengths (<= train.seq_len); None: seq_len/4, seq_len/2 and seq_len, those
+    that fit the Lighthouse rules."""
+    passkey_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    """Where the passkey sits in the filler, as a fraction of the prompt."""
+    passkey_trials: int = 4
+    """Random passkeys per (length, depth)."""
+    passkey_digits: int = 5
+    """Digits of each passkey."""
+    position_buckets: int = 8
+    """Equal position buckets of the held-out loss by position."""
 
 
 @dataclass
@@ -248,6 +297,8 @@ class Config:
     """Optimizer and lr schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Steps, batch, engine, logging."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out and long-context evaluation."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Checkpointing."""
 
@@ -505,19 +556,95 @@ def validate(cfg: Config, world_size: int) -> None:
             f"optim.lr={o.lr} must be > 0, optim.warmup_steps={o.warmup_steps} >= 0, "
             f"optim.min_lr_ratio={o.min_lr_ratio} in [0, 1], optim.grad_clip={o.grad_clip} >= 0"
         )
+    if o.schedule == "wsd" and not 0 < o.decay_steps <= t.steps - o.warmup_steps:
+        raise ValueError(
+            f"optim.schedule=wsd needs 0 < optim.decay_steps={o.decay_steps} <= train.steps - "
+            f"optim.warmup_steps = {t.steps - o.warmup_steps}"
+        )
+    if o.decay_shape not in DECAY_SHAPES:
+        raise ValueError(f"optim.decay_shape={o.decay_shape!r} must be one of {DECAY_SHAPES}")
+    if o.decay_steps < 0 or o.resume_warmup_steps < 0:
+        raise ValueError(
+            f"optim.decay_steps={o.decay_steps} and optim.resume_warmup_steps="
+            f"{o.resume_warmup_steps} must be >= 0"
+        )
+    validate_eval(cfg)
     if c.every < 1 or c.keep_last < 1:
         raise ValueError(
             f"checkpoint.every={c.every} and checkpoint.keep_last={c.keep_last} must be >= 1"
         )
 
 
+def validate_eval(cfg: Config) -> None:
+    """Ranges of the eval section; passkey lengths must fit seq_len and the Lighthouse rules."""
+    e, n = cfg.eval, cfg.train.seq_len
+    for key in ("every", "batches"):
+        if getattr(e, key) < 0:
+            raise ValueError(f"eval.{key}={getattr(e, key)} must be >= 0")
+    for key in ("passkey_trials", "passkey_digits", "position_buckets"):
+        if getattr(e, key) < 1:
+            raise ValueError(f"eval.{key}={getattr(e, key)} must be >= 1")
+    if not 1 <= e.passkey_digits <= 18:
+        raise ValueError(f"eval.passkey_digits={e.passkey_digits} must be in [1, 18]")
+    if not e.passkey_depths or any(not 0.0 <= d <= 1.0 for d in e.passkey_depths):
+        raise ValueError(f"eval.passkey_depths={e.passkey_depths} must be fractions in [0, 1]")
+    if e.position_buckets > n:
+        raise ValueError(
+            f"eval.position_buckets={e.position_buckets} must be <= train.seq_len={n}"
+        )
+    for length in e.passkey_lengths or []:
+        if not 0 < length <= n:
+            raise ValueError(
+                f"eval.passkey_lengths has {length}: lengths must be in (0, train.seq_len={n}]"
+                " (the model never saw longer positions)"
+            )
+        if cfg.sparse_layers():
+            try:
+                lighthouse_spec_of(cfg).check_seq_len(length)
+            except ValueError as err:
+                raise ValueError(
+                    f"eval.passkey_lengths has {length}, which Lighthouse cannot select from: "
+                    f"{err}"
+                ) from None
+
+
+def default_passkey_lengths(cfg: Config) -> list[int]:
+    """seq_len/4, seq_len/2 and seq_len, those the Lighthouse rules accept (seq_len always)."""
+    n = cfg.train.seq_len
+    lengths = []
+    for length in (n // 4, n // 2, n):
+        if length < 64:
+            continue
+        if cfg.sparse_layers() and length != n:
+            try:
+                lighthouse_spec_of(cfg).check_seq_len(length)
+            except ValueError:
+                continue
+        lengths.append(length)
+    return lengths or [n]
+
+
+def lighthouse_spec_of(cfg: Config):
+    """The single-device LighthouseSpec of `cfg` (torch-only import)."""
+    from lhdist.ops.spec import LighthouseSpec
+
+    lh = cfg.lighthouse
+    return LighthouseSpec(
+        lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer, lh.competition,
+        lh.scatter,
+    )  # fmt: skip
+
+
 def check_lighthouse_layout(cfg: Config) -> None:
     """Lighthouse rules per CP chunk: every chunk must select on its own (tile) or hold whole
     coarsest windows (global)."""
-    from lhdist.ops.spec import LighthouseSpec  # torch-only import; the ops' own rules live there
-
-    lh, n, chunks = cfg.lighthouse, cfg.train.seq_len, cfg.cp_chunks()
-    spec = LighthouseSpec(lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer)
+    n, chunks = cfg.train.seq_len, cfg.cp_chunks()
+    spec = lighthouse_spec_of(cfg)  # torch-only import; the ops' own rules live there
+    if spec.scatter == "mean" and cfg.parallel.cp_degree > 1:
+        raise ValueError(
+            f"lighthouse.scatter=mean runs on one process per sequence; parallel.cp_degree="
+            f"{cfg.parallel.cp_degree} needs lighthouse.scatter=sum"
+        )
     where = f"(cp_degree={cfg.parallel.cp_degree}, layout={cfg.parallel.layout}: {chunks} chunks)"
     if spec.selection == "global" or chunks == 1:
         spec.check_seq_len(n)

@@ -105,6 +105,11 @@ def lighthouse_cp_attention(
     check_layout(layout)
     if attention not in ATTENTIONS:
         raise ValueError(f"attention={attention!r} must be one of {ATTENTIONS}")
+    if spec.scatter != "sum":
+        raise ValueError(
+            f"spec.scatter={spec.scatter!r}: context parallelism scatters by sum only (the mean's "
+            "divisor would need the neighbours' spans); use scatter='sum' or one process"
+        )
     if world > 1:
         _check_same_call(q, k, spec, layout, group)
     chunks = num_chunks(world, layout)

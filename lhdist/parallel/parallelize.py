@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from lhdist.config import Config
+from lhdist.config import Config, lighthouse_spec_of
 from lhdist.model import Transformer, causal_attention
 from lhdist.ops import LighthouseSpec, lighthouse_attention
 
@@ -17,8 +18,7 @@ STAGE_SPARSE, STAGE_DENSE = 1, 2
 
 
 def lighthouse_spec(cfg: Config) -> LighthouseSpec:
-    lh = cfg.lighthouse
-    return LighthouseSpec(lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer)
+    return lighthouse_spec_of(cfg)
 
 
 class AttentionRouter:
@@ -32,6 +32,18 @@ class AttentionRouter:
         self.sparse, self.dense = sparse, dense
         self.sparse_layers = frozenset(sparse_layers)
         self.stage = STAGE_SPARSE
+
+    @contextlib.contextmanager
+    def evaluating(self, stage: int, sparse: BlockAttention | None = None):
+        """Run as `stage` (and with `sparse` in place of the run's sparse attention, if given)
+        inside the block; the training state is restored after it."""
+        saved = self.stage, self.sparse
+        self.set_stage(stage)
+        self.sparse = sparse or self.sparse
+        try:
+            yield self
+        finally:
+            self.stage, self.sparse = saved
 
     def set_stage(self, stage: int) -> None:
         if stage not in (STAGE_SPARSE, STAGE_DENSE):
@@ -55,6 +67,18 @@ def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRo
     Returns the router; `router.set_stage(2)` makes every layer dense.
     """
     spec = lighthouse_spec(cfg) if cfg.sparse_layers() else None
+    sparse, dense = attention_functions(spec, dims, cfg)
+    router = AttentionRouter(sparse, dense, cfg.sparse_layers())
+    model.set_attention(router)
+    if cfg.train.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    return router
+
+
+def attention_functions(
+    spec: LighthouseSpec | None, dims: Any, cfg: Config
+) -> tuple[BlockAttention, BlockAttention]:
+    """(sparse, dense) block attentions for `dims`: single device, or rings over the CP group."""
     cp_degree = 1 if dims is None else dims.cp_degree
     if cp_degree == 1:
 
@@ -63,22 +87,19 @@ def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRo
 
         def dense(q, k, v):
             return causal_attention(q, k, v)
-    else:
-        from lhdist.parallel import lighthouse_cp_attention, ring_attention
 
-        group, layout = dims.cp_group, cfg.parallel.layout
+        return sparse, dense
+    from lhdist.parallel import lighthouse_cp_attention, ring_attention
 
-        def sparse(q, k, v):
-            return lighthouse_cp_attention(q, k, v, spec, group=group, layout=layout)
+    group, layout = dims.cp_group, cfg.parallel.layout
 
-        def dense(q, k, v):
-            return ring_attention(q, k, v, group=group, layout=layout, causal=True)
+    def sparse_cp(q, k, v):
+        return lighthouse_cp_attention(q, k, v, spec, group=group, layout=layout)
 
-    router = AttentionRouter(sparse, dense, cfg.sparse_layers())
-    model.set_attention(router)
-    if cfg.train.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    return router
+    def dense_cp(q, k, v):
+        return ring_attention(q, k, v, group=group, layout=layout, causal=True)
+
+    return sparse_cp, dense_cp
 
 
 def apply_activation_checkpointing(model: Transformer) -> None:

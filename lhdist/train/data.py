@@ -42,6 +42,8 @@ from lhdist.train.tokenizer import Tokenizer, load_tokenizer
 DEFAULT_EXTENSIONS = (".txt", ".md", ".rst", ".py")
 META_FILE = "lhdist.json"
 INDEX_FILE = "index.json"
+VAL_DIR = "val"  # the held-out split inside a prepared dataset
+BUILTIN_VAL_EVERY = 10  # the built-in corpus holds out every 10th file of its sorted list
 READ_CHUNK_BYTES = 16 << 20
 STDLIB_SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idlelib", "turtledemo", "tkinter",
@@ -126,6 +128,14 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
         yield carry
 
 
+def held_out_files(files: Sequence[Path], fraction: float) -> list[Path]:
+    """The files `--val-fraction` sets aside: spread evenly over the sorted list (file i when
+    floor((i+1)*f) > floor(i*f)), so a fraction f of the files, never a contiguous block."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val fraction={fraction} must be in (0, 1)")
+    return [f for i, f in enumerate(files) if int((i + 1) * fraction) > int(i * fraction)]
+
+
 def prepare_dataset(
     inputs: Sequence[str | Path],
     out_dir: str | Path,
@@ -136,15 +146,22 @@ def prepare_dataset(
     shard_size_limit: int = 1 << 26,
     overwrite: bool = False,
     progress: bool = True,
+    val_fraction: float = 0.0,
+    val_inputs: Sequence[str | Path] = (),
 ) -> DatasetInfo:
     """Tokenize text files into MDS shards of seq_len+1-token samples; returns the dataset.
 
     Documents are concatenated, each followed by EOS, and cut into consecutive samples of
     seq_len+1 tokens (inputs = sample[:-1], labels = sample[1:]); the tail is dropped. The
     directory appears atomically (written beside it, then renamed).
+
+    A held-out split goes to `<out>/val/` (training never reads it): the files of `val_inputs`,
+    or a `val_fraction` of the input files (`held_out_files`); its lhdist.json lists them.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len={seq_len} must be >= 1")
+    if val_fraction and val_inputs:
+        raise ValueError("give a val fraction or val inputs, not both")
     tok = load_tokenizer(tokenizer)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -154,61 +171,94 @@ def prepare_dataset(
         raise ValueError(
             f"no files with extensions {sorted(extensions)} in inputs {[str(i) for i in inputs]}"
         )
-    total_bytes = sum(f.stat().st_size for f in files)
-    if total_bytes == 0:
-        raise ValueError(f"all {len(files)} input files are empty: no text to tokenize")
+    val_files = find_text_files(val_inputs, extensions) if val_inputs else []
+    if val_fraction:
+        val_files = held_out_files(files, val_fraction)
+        if not val_files or len(val_files) == len(files):
+            raise ValueError(
+                f"val fraction {val_fraction} of {len(files)} files holds out {len(val_files)}; "
+                "need at least one file on each side (or name the held-out files with --val)"
+            )
+        held = set(val_files)
+        files = [f for f in files if f not in held]
+    elif val_inputs and not val_files:
+        raise ValueError(f"no files with extensions {sorted(extensions)} in val inputs")
+    overlap = set(map(Path.resolve, files)) & set(map(Path.resolve, val_files))
+    if overlap:
+        raise ValueError(f"{len(overlap)} files are both training and held-out: {min(overlap)}")
 
-    from tqdm import tqdm
-
-    sample_len = seq_len + 1
-    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    num_tokens = num_samples = 0
     try:
-        writer = streaming_modules().MDSWriter(
-            out=str(tmp),
-            columns={"tokens": f"ndarray:{np.dtype(dtype).name}:{sample_len}"},
-            compression=None,
-            hashes=["xxh64"],
-            size_limit=shard_size_limit,
-        )
-        buf = np.empty(0, dtype=np.int64)
-        bar = tqdm(
-            total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=not progress
-        )
-        with writer, bar:
-            for f in files:
-                pieces = [buf]
-                for chunk in _read_chunks(f):
-                    pieces.append(tok.encode(chunk))
-                    bar.update(len(chunk))
-                pieces.append(np.array([tok.eos_id], dtype=np.int64))
-                buf = np.concatenate(pieces)
-                num_tokens += len(buf) - len(pieces[0])
-                n = len(buf) // sample_len
-                for row in buf[: n * sample_len].reshape(n, sample_len).astype(dtype):
-                    writer.write({"tokens": row})
-                num_samples += n
-                buf = buf[n * sample_len :]
-        if num_samples == 0:
-            raise ValueError(
-                f"the corpus has {num_tokens} tokens ({len(files)} files, one EOS each), fewer "
-                f"than one sample of seq_len+1={sample_len} tokens: add text or lower seq_len"
-            )
-        meta = {
-            "format": "lhdist-tokens", "version": 1, "seq_len": seq_len, "sample_len": sample_len,
-            "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
-            "tokenizer": tok.name, "num_samples": num_samples, "num_tokens": num_tokens,
-            "dropped_tokens": int(len(buf)), "num_files": len(files),
-        }  # fmt: skip
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        _write_split(files, tmp, tok, seq_len, shard_size_limit, progress, "tokenize")
+        if val_files:
+            _write_split(val_files, tmp / VAL_DIR, tok, seq_len, shard_size_limit, progress,
+                         "tokenize held-out", record_files=True)  # fmt: skip
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return validate_dataset(out, seq_len=seq_len, verify_hashes=False)
+
+
+def _write_split(
+    files: Sequence[Path],
+    out: Path,
+    tok: Tokenizer,
+    seq_len: int,
+    shard_size_limit: int,
+    progress: bool,
+    desc: str,
+    record_files: bool = False,
+) -> None:
+    total_bytes = sum(f.stat().st_size for f in files)
+    if total_bytes == 0:
+        raise ValueError(f"all {len(files)} input files of {out.name} are empty: no text")
+
+    from tqdm import tqdm
+
+    sample_len = seq_len + 1
+    dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+    num_tokens = num_samples = 0
+    writer = streaming_modules().MDSWriter(
+        out=str(out),
+        columns={"tokens": f"ndarray:{np.dtype(dtype).name}:{sample_len}"},
+        compression=None,
+        hashes=["xxh64"],
+        size_limit=shard_size_limit,
+    )
+    buf = np.empty(0, dtype=np.int64)
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=desc, disable=not progress)
+    with writer, bar:
+        for f in files:
+            pieces = [buf]
+            for chunk in _read_chunks(f):
+                pieces.append(tok.encode(chunk))
+                bar.update(len(chunk))
+            pieces.append(np.array([tok.eos_id], dtype=np.int64))
+            buf = np.concatenate(pieces)
+            num_tokens += len(buf) - len(pieces[0])
+            n = len(buf) // sample_len
+            for row in buf[: n * sample_len].reshape(n, sample_len).astype(dtype):
+                writer.write({"tokens": row})
+            num_samples += n
+            buf = buf[n * sample_len :]
+    if num_samples == 0:
+        raise ValueError(
+            f"the {'held-out ' if record_files else ''}corpus has {num_tokens} tokens "
+            f"({len(files)} files, one EOS each), fewer than one sample of seq_len+1={sample_len}"
+            " tokens: add text or lower seq_len"
+        )
+    meta = {
+        "format": "lhdist-tokens", "version": 1, "seq_len": seq_len, "sample_len": sample_len,
+        "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
+        "tokenizer": tok.name, "num_samples": num_samples, "num_tokens": num_tokens,
+        "dropped_tokens": int(len(buf)), "num_files": len(files),
+    }  # fmt: skip
+    if record_files:
+        meta["files"] = [str(f) for f in files]
+    (out / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------- the built-in corpus
@@ -239,19 +289,31 @@ def stdlib_corpus_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+def builtin_split(files: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(training, held-out) files of the built-in corpus: file i of the sorted list is held out
+    when i % 10 == 9 (10%, spread over the whole library). The held-out dataset's lhdist.json
+    lists them."""
+    train = [f for i, f in enumerate(files) if i % BUILTIN_VAL_EVERY != BUILTIN_VAL_EVERY - 1]
+    val = [f for i, f in enumerate(files) if i % BUILTIN_VAL_EVERY == BUILTIN_VAL_EVERY - 1]
+    return train, val
+
+
 def builtin_dataset(
-    seq_len: int, cache_dir: str | Path | None = None, progress: bool = True
+    seq_len: int, cache_dir: str | Path | None = None, progress: bool = True, split: str = "train"
 ) -> Path:
-    """The built-in corpus prepared for seq_len, built once per machine into the cache dir.
+    """The built-in corpus prepared for seq_len, built once per machine into the cache dir;
+    `split="val"`: its held-out part (`builtin_split`), which training never reads.
 
     Safe to call from every rank at once: a file lock serialises the build, and the directory
     appears by rename only when complete.
     """
     from filelock import FileLock
 
+    if split not in ("train", "val"):
+        raise ValueError(f"split={split!r} must be 'train' or 'val'")
     files = stdlib_corpus_files()
     root = Path(sysconfig.get_paths()["stdlib"])
-    h = hashlib.sha256(f"lhdist-builtin-v1 bytes seq_len={seq_len}\n".encode())
+    h = hashlib.sha256(f"lhdist-builtin-v2 bytes seq_len={seq_len} val=1/10\n".encode())
     for f in files:
         data = f.read_bytes()
         h.update(f"{f.relative_to(root).as_posix()} {len(data)}\n".encode())
@@ -261,9 +323,23 @@ def builtin_dataset(
     out = cache / f"stdlib-py{v.major}.{v.minor}-L{seq_len}-{h.hexdigest()[:16]}"
     cache.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache / f"{out.name}.lock")):
-        if not (out / META_FILE).is_file():
-            prepare_dataset(files, out, seq_len=seq_len, overwrite=True, progress=progress)
-    return out
+        if not (out / VAL_DIR / META_FILE).is_file():
+            train, val = builtin_split(files)
+            prepare_dataset(
+                train, out, seq_len=seq_len, overwrite=True, progress=progress, val_inputs=val
+            )
+    return out / VAL_DIR if split == "val" else out
+
+
+def val_dataset_path(data_path: str, val_path: str, seq_len: int, **kwargs: Any) -> Path | None:
+    """Where the held-out data of a run is: `val_path`, else `<data_path>/val` when it exists,
+    else (no data_path) the built-in corpus's held-out files; None when there is none."""
+    if val_path:
+        return Path(val_path)
+    if data_path:
+        candidate = Path(data_path) / VAL_DIR
+        return candidate if (candidate / INDEX_FILE).is_file() else None
+    return builtin_dataset(seq_len, split="val", **kwargs)
 
 
 # ---------------------------------------------------------------- checks

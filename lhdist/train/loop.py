@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from lhdist.check import job_preflight
 from lhdist.config import Config
+from lhdist.eval.heldout import build_heldout_eval
 from lhdist.model import build_model
 from lhdist.parallel import (
     ParallelDims,
@@ -22,7 +23,7 @@ from lhdist.parallel import (
 )
 from lhdist.parallel.parallelize import lighthouse_spec, parallelize_model
 from lhdist.train import checkpoint as ckpt
-from lhdist.train.data import build_dataloader, validate_dataset
+from lhdist.train.data import build_dataloader, val_dataset_path, validate_dataset
 from lhdist.train.engine import build_engine
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
@@ -46,6 +47,9 @@ def train(cfg: Config) -> dict[str, Any]:
         progress=is_rank0,
         verify_hashes=cfg.data.verify_hashes and is_rank0,
     )
+    val_info = heldout_dataset(cfg, is_rank0)
+    if cfg.train.deterministic:
+        use_deterministic_kernels()
     device = pick_device(cfg)
     owns_process_group = not dist.is_initialized()
     if owns_process_group:
@@ -57,7 +61,7 @@ def train(cfg: Config) -> dict[str, Any]:
     os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() % max(1, torch.cuda.device_count())))
     start_watchdog(cfg.parallel.timeout_s)  # a dead or hung rank stops every rank, named
     try:
-        return run(cfg, device, dataset)
+        return run(cfg, device, dataset, val_info)
     except BaseException as error:
         stop_watchdog(error)
         raise
@@ -67,7 +71,7 @@ def train(cfg: Config) -> dict[str, Any]:
             destroy_distributed()
 
 
-def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
+def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -> dict[str, Any]:
     t = cfg.train
     rank, world = dist.get_rank(), dist.get_world_size()
     dims = ParallelDims(cfg.parallel.dp_degree, cfg.parallel.cp_degree, world).build_groups()
@@ -101,6 +105,21 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
         t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout, device=device
     )
 
+    heldout = None
+    if val_info is not None:
+        heldout = build_heldout_eval(
+            cfg, dims, val_info, lambda b: local_shard(b, dims, cfg, device), device
+        )
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    def eval_forward(input_ids, labels):
+        with autocast():
+            return engine(
+                input_ids, positions, labels=labels, loss_chunk_tokens=t.loss_chunk_tokens
+            )
+
     # Resume: engine state, RNG, data position, step; the stage follows from the step.
     start_step, resume_from = 0, resume_path(cfg)
     if resume_from is not None:
@@ -126,6 +145,9 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
             device=device.type,
             params=sum(p.numel() for p in model.parameters()),
         )
+    if heldout is None and cfg.eval.batches > 0:
+        logger.event("eval_skipped", start_step, reason=f"no held-out data for {cfg.data.path} "
+                     "(set data.val_path, or prepare with --val-fraction)")  # fmt: skip
     peak = peak_flops_per_device(cfg, device)
     lh_stats = lighthouse_stats(cfg)
     router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
@@ -157,7 +179,7 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
         total_loss = torch.zeros((), device=device)
         for input_ids, labels in micro_batches:
             set_phase("forward", step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with autocast():
                 # The model sums the token losses itself, a chunk of logits at a time: the full
                 # [tokens, vocab] logits, their fp32 copy and gradient never exist.
                 loss_sum = engine(
@@ -196,6 +218,12 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
             show = step % t.log_every == 0 or step == t.steps or step == start_step + 1
             logger.step(record, show)
 
+        if heldout is not None and heldout.due(step):
+            set_phase("eval", step)
+            record = heldout.run(eval_forward, router)
+            logger.event("eval", step, stage=stage, **record)
+            logger.scalars("eval", record, step)
+
         if cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps):
             set_phase("checkpoint", step)
             path = ckpt.save_checkpoint(
@@ -212,6 +240,9 @@ def run(cfg: Config, device: torch.device, dataset: Any) -> dict[str, Any]:
         "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
     }
     logger.event("done", t.steps, **summary)
+    if cfg.eval.final and start_step < t.steps:
+        set_phase("final eval", t.steps)
+        summary["eval_final"] = final_long_context_eval(cfg, model, dims, device, logger)
     logger.close()
     return summary
 
@@ -229,6 +260,72 @@ def local_shard(
         input_ids = shard_sequence(input_ids, dims.cp_rank, dims.cp_degree, layout, dim=1)
         labels = shard_sequence(labels, dims.cp_rank, dims.cp_degree, layout, dim=1)
     return input_ids.to(device), labels.to(device)
+
+
+def heldout_dataset(cfg: Config, is_rank0: bool) -> Any:
+    """The validated held-out set, or None (no eval, or no held-out data for data.path)."""
+    if cfg.eval.batches == 0 and not cfg.eval.final:
+        return None
+    path = val_dataset_path(cfg.data.path, cfg.data.val_path, cfg.train.seq_len, progress=is_rank0)
+    if path is None:
+        return None
+    info = validate_dataset(
+        path,
+        seq_len=cfg.train.seq_len,
+        vocab_size=cfg.model.vocab_size,
+        progress=is_rank0,
+        verify_hashes=cfg.data.verify_hashes and is_rank0,
+    )
+    need = cfg.eval.batches * cfg.train.micro_batch_size
+    if info.num_samples < need:
+        raise ValueError(
+            f"held-out set {info.path} has {info.num_samples} samples of seq_len="
+            f"{cfg.train.seq_len}, fewer than eval.batches x train.micro_batch_size = {need}: "
+            "lower eval.batches or hold out more text"
+        )
+    return info
+
+
+def use_deterministic_kernels() -> None:
+    """train.deterministic: cuBLAS's fixed-workspace mode (set before its first use) and torch's
+    deterministic algorithms; ops without a deterministic kernel warn instead of failing."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def final_long_context_eval(cfg, model, dims, device, logger) -> str | None:
+    """eval.final: passkey retrieval and loss by position on this run's model, written to
+    <run_dir>/eval_final.json by the first rank. Needs whole weights on one process: skipped
+    (with a note) under cp > 1 or ZeRO-3, where `lhdist eval CHECKPOINT` does it afterwards."""
+    if dims.cp_degree > 1 or (cfg.train.engine == "deepspeed" and cfg.train.zero_stage == 3):
+        reason = "cp>1 or ZeRO-3: run `lhdist eval CHECKPOINT --out FILE.json`"
+        logger.event("eval_final_skipped", cfg.train.steps, reason=reason)
+        return None
+    if dist.get_rank() != 0:
+        return None
+    from lhdist.eval.longcontext import run_long_context_eval
+
+    out = Path(cfg.train.run_dir) / "eval_final.json"
+    val = val_dataset_path(cfg.data.path, cfg.data.val_path, cfg.train.seq_len, progress=False)
+    if val is None:
+        logger.event("eval_final_skipped", cfg.train.steps, reason="no held-out data")
+        return None
+    info = validate_dataset(val, seq_len=cfg.train.seq_len, verify_hashes=False)
+    router = model.attention
+    report = run_long_context_eval(model, cfg, val_info=info, device=device, out_path=out)
+    model.set_attention(router)
+    logger.event("eval_final", cfg.train.steps, path=str(out), passkey=summarise_passkey(report))
+    return str(out)
+
+
+def summarise_passkey(report: dict[str, Any]) -> dict[str, float]:
+    """Mean passkey accuracy per attention mode (the console line of the final eval)."""
+    rows: dict[str, list[float]] = {}
+    for row in report.get("passkey", []):
+        rows.setdefault(row["attention"], []).append(row["accuracy"])
+    return {mode: round(sum(acc) / len(acc), 3) for mode, acc in rows.items()}
 
 
 def pick_device(cfg: Config) -> torch.device:

@@ -95,6 +95,14 @@ class MetricsLogger:
         details = " ".join(f"{k}={v}" for k, v in fields.items())
         self.print(f"[{name}] step {step} {details}".rstrip())
 
+    def scalars(self, prefix: str, values: dict[str, Any], step: int) -> None:
+        """TensorBoard scalars `prefix/key` for the numeric values (e.g. an eval's losses)."""
+        if not self.enabled or self.tb is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tb.add_scalar(f"{prefix}/{key}", value, step)
+
     def step(self, record: dict[str, Any], show: bool) -> None:
         if not self.enabled:
             return

@@ -18,6 +18,8 @@ FAST = [
     "--train.log_every=1",
     "--train.tensorboard=false",
     "--checkpoint.enabled=false",
+    "--eval.batches=1",  # held-out eval at the last step, on one batch (tests/eval/ tests more)
+    "--eval.final=false",
 ]
 
 
