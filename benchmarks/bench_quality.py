@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the results JSON goes")
     ap.add_argument("--baseline", default="dense", help="the arm the others are compared with")
     ap.add_argument("--python", default=sys.executable, help="interpreter of the runs")
+    ap.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="train nothing: summarise the finished runs already under --work-dir",
+    )
     args = ap.parse_args(argv)
     args.arm = args.arm or [["dense", "lighthouse.enabled=false"], ["lighthouse"]]
     names = [a[0] for a in args.arm]
@@ -147,6 +152,16 @@ def run_all(args) -> list[dict[str, Any]]:
         return list(pool.map(one, range(len(runs))))
 
 
+def collect_runs(args) -> list[dict[str, Any]]:
+    """The runs a previous invocation left under --work-dir (every arm x seed must be there)."""
+    runs = []
+    for arm in args.arm:
+        for seed in args.seeds:
+            run_dir = Path(args.work_dir) / arm[0] / f"seed_{seed}"
+            runs.append(read_run(run_dir) | {"arm": arm[0], "seed": seed})
+    return runs
+
+
 def read_run(run_dir: Path) -> dict[str, Any]:
     """Per-step losses, evals and stage timings of one run from its metrics.jsonl."""
     steps, evals, final = [], [], None
@@ -163,7 +178,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         by_stage.setdefault(r["stage"], []).append(r)
 
     def stage_speed(stage: int) -> float | None:
-        rows = by_stage.get(stage, [])[2:]  # the first steps of a stage compile and warm up
+        rows = by_stage.get(stage, [])
+        rows = rows[2:] if len(rows) > 4 else rows  # a stage's first steps warm up
         if not rows:
             return None
         return sum(r["tokens"] for r in rows) / sum(r["step_time_s"] for r in rows)
@@ -416,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_quality: config error: {e}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    runs = run_all(args)
+    runs = collect_runs(args) if args.summarise_only else run_all(args)
     payload = {
         "name": args.name,
         "environment": environment(),

@@ -12,6 +12,7 @@ from lhdist.config import (
     Config,
     apply_mapping,
     describe_keys,
+    lighthouse_spec_of,
     parse_overrides,
     resolve,
     validate,
@@ -51,8 +52,7 @@ def param_count(cfg: Config) -> int:
 
 
 def spec_of(cfg: Config) -> LighthouseSpec:
-    lh = cfg.lighthouse
-    return LighthouseSpec(lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer)
+    return lighthouse_spec_of(cfg)
 
 
 # --- memory ---------------------------------------------------------------------------------------

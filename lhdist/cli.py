@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("lhdist.cli", "data_command", "prepare or validate a token dataset"),
     "bench": ("lhdist.bench", "main", "benchmarks: attention ops, training steps"),
     "check": ("lhdist.check", "main", "dry-run a large layout: config, shapes, memory"),
+    "eval": (
+        "lhdist.eval.cli",
+        "main",
+        "long-context eval of a checkpoint: passkey, loss by position",
+    ),
 }
 
 

@@ -589,9 +589,7 @@ def validate_eval(cfg: Config) -> None:
     if not e.passkey_depths or any(not 0.0 <= d <= 1.0 for d in e.passkey_depths):
         raise ValueError(f"eval.passkey_depths={e.passkey_depths} must be fractions in [0, 1]")
     if e.position_buckets > n:
-        raise ValueError(
-            f"eval.position_buckets={e.position_buckets} must be <= train.seq_len={n}"
-        )
+        raise ValueError(f"eval.position_buckets={e.position_buckets} must be <= train.seq_len={n}")
     for length in e.passkey_lengths or []:
         if not 0 < length <= n:
             raise ValueError(
@@ -603,8 +601,7 @@ def validate_eval(cfg: Config) -> None:
                 lighthouse_spec_of(cfg).check_seq_len(length)
             except ValueError as err:
                 raise ValueError(
-                    f"eval.passkey_lengths has {length}, which Lighthouse cannot select from: "
-                    f"{err}"
+                    f"eval.passkey_lengths has {length}, which Lighthouse cannot select from: {err}"
                 ) from None
 
 

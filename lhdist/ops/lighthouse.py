@@ -88,4 +88,25 @@ def lighthouse_attention(
     o_BHSD = F.scaled_dot_product_attention(
         q_BHSD, k_BGSD, v_BGSD, is_causal=True, enable_gqa=H != G
     )
-    return scatter_entries(o_BHSD, indices, spec, N)
+    out = scatter_entries(o_BHSD, indices, spec, N)
+    if spec.scatter == "mean":
+        counts_BNG = scatter_counts(indices, spec, N).clamp_(min=1).to(out.dtype)
+        out = out / counts_BNG.repeat_interleave(H // G, dim=2).unsqueeze(-1)
+    return out
+
+
+@torch.no_grad()
+def scatter_counts(idx_BGS: torch.Tensor, spec: LighthouseSpec, seq_len: int) -> torch.Tensor:
+    """Entries whose scatter span covers each position, [B, N, G] (0..L; spec section 5): the
+    divisor of `scatter="mean"`. A difference array over the spans, then a running sum."""
+    offsets = torch.tensor(spec.level_offsets(seq_len), device=idx_BGS.device)
+    level = torch.bucketize(idx_BGS, offsets, right=True)  # 1-based
+    window = idx_BGS - offsets[level - 1]
+    c = spec.pooling_factor ** (level - 1)
+    start = window * c + c - 1
+    end = (start + c).clamp_(max=seq_len)
+    B, G, _ = idx_BGS.shape
+    delta = torch.zeros(B, G, seq_len + 1, dtype=torch.int32, device=idx_BGS.device)
+    ones = torch.ones_like(start, dtype=torch.int32)
+    delta.scatter_add_(2, start.clamp(max=seq_len), ones).scatter_add_(2, end, -ones)
+    return delta[..., :seq_len].cumsum(2).transpose(1, 2)

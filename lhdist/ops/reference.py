@@ -22,6 +22,23 @@ def _best(cands: list[int], score: dict[int, float], count: int) -> list[int]:
     return sorted(cands, key=lambda w: (-score[w], w))[:count]
 
 
+def _causal_best(cands: list[int], score: dict[int, float], count: int) -> list[int]:
+    """`count` of `cands` (in position order), each decided from the candidates up to it alone.
+
+    Candidate i passes if fewer than count*(i+1)/len(cands) earlier candidates beat it (a larger
+    score, or an equal one: earlier wins ties); passes are taken while fewer than `count` are,
+    and once the candidates left are no more than the picks still owed, all of them are taken.
+    """
+    C, picked = len(cands), []
+    for i, w in enumerate(cands):
+        beaten_by = sum(1 for v in cands[:i] if (-score[v], v) < (-score[w], w))
+        owed, left = count - len(picked), C - i
+        if left <= owed or (beaten_by * C < count * (i + 1) and owed > 0):
+            picked.append(w)
+    assert len(picked) == count
+    return picked
+
+
 def reference_entries(
     score_q: list[float], score_k: list[float], spec: LighthouseSpec
 ) -> list[tuple[int, int]]:
@@ -38,8 +55,9 @@ def reference_entries(
             c = spec.window(level)
             sq = {w: _window_max(score_q, w * c, c) for w in cands}
             sk = {w: _window_max(score_k, w * c, c) for w in cands}
-            by_q = _best(cands, sq, half)
-            by_k = _best([w for w in cands if w not in by_q], sk, half)
+            best = _causal_best if spec.competition == "causal" else _best
+            by_q = best(cands, sq, half)
+            by_k = best([w for w in cands if w not in by_q], sk, half)
             selected = set(by_q) | set(by_k)
             for w in cands:
                 if w in selected:

@@ -13,6 +13,8 @@ import torch
 TILE_BUDGET = 128  # windows kept per tile and level in tile mode (64 by score_q + 64 by score_k)
 SELECTIONS = ("tile", "global")
 SCORERS = ("norm",)
+COMPETITIONS = ("topk", "causal")
+SCATTERS = ("sum", "mean")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,11 @@ class LighthouseSpec:
     """'tile' (the paper's, reference-exact) or 'global' (one cascade over the whole sequence)."""
     scorer: str = "norm"
     """Parameter-free scorer; only 'norm' (L2 norm of q and k) exists."""
+    competition: str = "topk"
+    """'topk' (the paper's: a window competes with every candidate of its region) or 'causal'
+    (a window competes only with the candidates that end before it: no look-ahead)."""
+    scatter: str = "sum"
+    """'sum' (the paper's: a position adds its 1..L entry outputs) or 'mean' (their average)."""
 
     def __post_init__(self) -> None:
         L, p, k = self.num_levels, self.pooling_factor, self.topk
@@ -42,6 +49,10 @@ class LighthouseSpec:
             raise ValueError(f"selection={self.selection!r} must be one of {SELECTIONS}")
         if self.scorer not in SCORERS:
             raise ValueError(f"scorer={self.scorer!r} must be one of {SCORERS}")
+        if self.competition not in COMPETITIONS:
+            raise ValueError(f"competition={self.competition!r} must be one of {COMPETITIONS}")
+        if self.scatter not in SCATTERS:
+            raise ValueError(f"scatter={self.scatter!r} must be one of {SCATTERS}")
 
     # --- derived sizes -------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ L-1 rows per chunk, all-gathered.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -126,9 +127,7 @@ def lighthouse_cp_attention(
     as_chunks = lambda t: t.reshape(B * n, N_c, *t.shape[2:])  # noqa: E731  a free view
 
     if spec.selection == "tile":
-        chunk_spec = LighthouseSpec(
-            spec.num_levels, spec.pooling_factor, spec.topk // chunks, "tile", spec.scorer
-        )
+        chunk_spec = dataclasses.replace(spec, topk=spec.topk // chunks)
         out, spill = _tile(as_chunks(q), as_chunks(k), as_chunks(v), chunk_spec, n, group,
                            layout, attention)  # fmt: skip
     else:

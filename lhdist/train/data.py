@@ -214,7 +214,8 @@ def _write_split(
 ) -> None:
     total_bytes = sum(f.stat().st_size for f in files)
     if total_bytes == 0:
-        raise ValueError(f"all {len(files)} input files of {out.name} are empty: no text")
+        which = "held-out" if record_files else "input"
+        raise ValueError(f"all {len(files)} {which} files are empty: no text to tokenize")
 
     from tqdm import tqdm
 

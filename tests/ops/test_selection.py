@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -34,9 +36,10 @@ def _decode(idx_S: torch.Tensor, spec: LighthouseSpec, N: int) -> list[tuple[int
     return out
 
 
+@pytest.mark.parametrize("competition", ["topk", "causal"])
 @pytest.mark.parametrize("case", GRID[:4], ids=lambda c: c.id)
-def test_select_invariants(case: Case):
-    spec, N = case.spec, case.N
+def test_select_invariants(case: Case, competition: str):
+    spec, N = dataclasses.replace(case.spec, competition=competition), case.N
     q, k, _ = make_qkv(case, seed=2)
     idx = lighthouse_select(q, k, spec)
     S = N // spec.coarsest_window + (spec.num_levels - 1) * spec.pooling_factor * spec.topk

@@ -270,3 +270,77 @@ def test_builtin_corpus_on_spawned_ranks(tmp_path):
             progress=False,
         )
         assert torch.equal(next(peer)[0], got[r])
+
+
+def _samples(path: Path) -> set[bytes]:
+    loader = TokenLoader(
+        validate_dataset(path),
+        seq_len=SEQ,
+        micro_batch_size=1,
+        dp_rank=0,
+        dp_degree=1,
+        seed=0,
+        shuffle=False,
+    )
+    return {next(loader)[0].numpy().tobytes() for _ in range(loader.batches_per_epoch)}
+
+
+def test_prepare_val_fraction_holds_out_whole_files(tmp_path):
+    docs = _write_corpus(tmp_path / "text")
+    info = prepare_dataset(
+        [tmp_path / "text"], tmp_path / "ds", seq_len=SEQ, progress=False, val_fraction=0.25
+    )
+    meta = json.loads((info.path / "val" / "lhdist.json").read_text())
+    held = [Path(f).name for f in meta["files"]]
+    assert len(held) == len(docs) // 4  # 10 of 40 files, spread over the sorted list
+    assert held[0] != held[1] and len({Path(f).parent for f in meta["files"]}) == 3
+    train_bytes = b"".join(_samples(info.path))
+    for name in held:  # no held-out document reaches the training split
+        text = next((tmp_path / "text").rglob(name)).read_bytes().strip()
+        assert text not in train_bytes
+    assert _samples(info.path) and _samples(info.path / "val")
+    assert not _samples(info.path) & _samples(info.path / "val")
+
+
+def test_prepare_val_inputs_and_bad_splits(tmp_path):
+    _write_corpus(tmp_path / "text")
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / "h.txt").write_text("held out text " * 20)
+    info = prepare_dataset(
+        [tmp_path / "text"],
+        tmp_path / "ds",
+        seq_len=SEQ,
+        progress=False,
+        val_inputs=[tmp_path / "held"],
+    )
+    assert validate_dataset(info.path / "val", seq_len=SEQ).num_samples == 280 // (SEQ + 1)
+    with pytest.raises(ValueError, match="both training and held-out"):
+        prepare_dataset(
+            [tmp_path / "text"],
+            tmp_path / "ds2",
+            seq_len=SEQ,
+            progress=False,
+            val_inputs=[tmp_path / "text" / "d0"],
+        )
+    with pytest.raises(ValueError, match="at least one file on each side"):
+        prepare_dataset(
+            [tmp_path / "held"], tmp_path / "ds3", seq_len=SEQ, progress=False, val_fraction=0.5
+        )
+    with pytest.raises(ValueError, match="must be in"):
+        prepare_dataset(
+            [tmp_path / "text"], tmp_path / "ds4", seq_len=SEQ, progress=False, val_fraction=1.5
+        )
+
+
+def test_builtin_corpus_held_out_files_are_disjoint_and_listed(builtin):
+    from lhdist.train.data import builtin_split, stdlib_corpus_files, val_dataset_path
+
+    files = stdlib_corpus_files()
+    train, val = builtin_split(files)
+    assert not set(train) & set(val) and len(train) + len(val) == len(files)
+    assert val == files[9::10]
+    meta = json.loads((builtin / "val" / "lhdist.json").read_text())
+    assert meta["files"] == [str(f) for f in val]
+    assert val_dataset_path("", "", 256, cache_dir=builtin.parent) == builtin / "val"
+    assert val_dataset_path(str(builtin), "", 256) == builtin / "val"
+    assert val_dataset_path("elsewhere", "my/val", 256) == Path("my/val")

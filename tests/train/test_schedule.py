@@ -48,3 +48,33 @@ def test_flops_dense_and_executed():
     assert dense1 == dense
     saved = 2 * (attention_flops_per_token(cfg, n) - attention_flops_per_token(cfg, 1152))
     assert math.isclose(executed1, dense - saved)
+
+
+@pytest.mark.parametrize("shape, middle", [("linear", 0.55), ("cosine", 0.55)])
+def test_wsd_warms_up_holds_then_decays_over_the_last_steps(shape, middle):
+    cfg = cfg_with(
+        "--optim.schedule=wsd",
+        "--optim.decay_steps=20",
+        f"--optim.decay_shape={shape}",
+        "--optim.min_lr_ratio=0.1",
+    )
+    assert [lr_factor(s, cfg) for s in (5, 10, 11, 50, 80)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+    assert math.isclose(lr_factor(90, cfg), middle)
+    assert math.isclose(lr_factor(100, cfg), 0.1)
+    assert lr_factor(81, cfg) < 1.0
+
+
+def test_wsd_needs_decay_steps_inside_the_run():
+    with pytest.raises(ValueError, match="decay_steps"):
+        cfg_with("--optim.schedule=wsd", "--optim.decay_steps=0")
+    with pytest.raises(ValueError, match="decay_steps"):
+        cfg_with("--optim.schedule=wsd", "--optim.decay_steps=95")
+
+
+def test_resume_warmup_ramps_the_lr_after_the_switch_only():
+    cfg = cfg_with("--optim.schedule=constant", "--optim.resume_warmup_steps=10")
+    assert [lr_factor(s, cfg) for s in (10, 60, 61, 65, 70, 71)] == [1.0, 1.0, 0.1, 0.5, 1.0, 1.0]
+    dense = cfg_with(
+        "--optim.schedule=constant", "--optim.resume_warmup_steps=10", "--lighthouse.enabled=false"
+    )
+    assert lr_factor(61, dense) == 1.0  # no switch, no re-warmup

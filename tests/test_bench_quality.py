@@ -1,0 +1,100 @@
+"""benchmarks/bench_quality.py on CPU: arms x 3 seeds, paired statistics, the results file."""
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_quality  # noqa: E402
+
+TINY = [
+    "model.num_layers=3",
+    "train.seq_len=512",
+    "lighthouse.num_levels=2",
+    "lighthouse.pooling_factor=2",
+    "optim.warmup_steps=2",
+    "train.steps=6",
+    "train.stage1_steps=4",
+    "train.engine=torch",
+    "eval.every=3",
+    "eval.batches=2",
+    "eval.passkey_trials=1",
+    "eval.passkey_depths=[0.0, 1.0]",
+    "checkpoint.enabled=false",
+    "train.log_every=3",
+]
+
+
+def test_two_arms_three_seeds_write_paired_results(tmp_path):
+    out = tmp_path / "results"
+    argv = [
+        "--name",
+        "cpu_test",
+        "--set",
+        *TINY,
+        "--arm",
+        "dense",
+        "lighthouse.enabled=false",
+        "--arm",
+        "lighthouse",
+        "--seeds",
+        "0",
+        "1",
+        "2",
+        "--jobs",
+        "2",
+        "--work-dir",
+        str(tmp_path / "runs"),
+        "--out-dir",
+        str(out),
+    ]
+    assert bench_quality.main(argv) == 0
+    (path,) = out.glob("*_quality_cpu_test.json")
+    payload = json.loads(path.read_text())
+    assert payload["config"]["seq_len"] == 512 and "torch" in payload["environment"]
+    dense, lh = payload["arms"]["dense"], payload["arms"]["lighthouse"]
+    for arm in (dense, lh):
+        assert arm["seeds"] == [0, 1, 2] and len(arm["per_seed"]) == 3
+        assert arm["steps"] == 6
+        vals = [s["final_val_loss_dense"] for s in arm["per_seed"]]
+        assert arm["final_val_loss_dense"] == pytest.approx(statistics.fmean(vals))
+        assert arm["final_val_loss_dense_sem"] == pytest.approx(
+            statistics.stdev(vals) / math.sqrt(3)
+        )
+        assert all(len(s["evals"]) == 2 for s in arm["per_seed"])  # steps 3 and 6
+    assert dense["stage1_steps"] == 0 and lh["stage1_steps"] == 4
+    assert lh["tokens_per_s_stage1"] > 0 and lh["tokens_per_s_stage2"] > 0
+    diffs = [
+        a["final_val_loss_dense"] - b["final_val_loss_dense"]
+        for a, b in zip(lh["per_seed"], dense["per_seed"])
+    ]
+    paired = lh["vs_baseline_val_loss_dense"]
+    assert paired["per_seed"] == pytest.approx(diffs)
+    assert paired["ci95"][0] < paired["mean"] < paired["ci95"][1]
+    assert len(payload["verdicts"]) == 1 and "lighthouse" in payload["verdicts"][0]
+    leak = lh["per_seed"][0]["leak"]
+    assert leak["step"] == 3 and "lighthouse_minus_causal" in leak
+    assert lh["per_seed"][0]["passkey_mean"].keys() == {"dense", "lighthouse"}
+    if payload["plot"]:
+        assert (out / payload["plot"]).stat().st_size > 10_000
+    # The finished runs can be summarised again without training.
+    again = ["--summarise-only", *argv[:-2], "--out-dir", str(tmp_path / "again")]
+    assert bench_quality.main(again) == 0
+    (path2,) = (tmp_path / "again").glob("*.json")
+    assert (
+        json.loads(path2.read_text())["arms"]["lighthouse"]["final_val_loss_dense"]
+        == (lh["final_val_loss_dense"])
+    )
+
+
+def test_bad_arguments_exit_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_quality.main(["--name", "x", "--seeds", "0", "1"])
+    assert e.value.code == 2 and "at least 3" in capsys.readouterr().err
+    assert bench_quality.main(["--name", "x", "--set", "train.nope=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
