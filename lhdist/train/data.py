@@ -183,7 +183,7 @@ def prepare_dataset(
         files = [f for f in files if f not in held]
     elif val_inputs and not val_files:
         raise ValueError(f"no files with extensions {sorted(extensions)} in val inputs")
-    overlap = set(map(Path.resolve, files)) & set(map(Path.resolve, val_files))
+    overlap = set(map(Path.absolute, files)) & set(map(Path.absolute, val_files))
     if overlap:
         raise ValueError(f"{len(overlap)} files are both training and held-out: {min(overlap)}")
 
