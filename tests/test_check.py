@@ -18,6 +18,8 @@ SHIPPED = [
     ("configs/llama_530m_lh-l3p4k1536_cp2dp4.yaml", 8),
     ("configs/llama_1b_lh-l3p4k2048_cp8dp4_1m.yaml", 32),
     ("configs/llama_1b_lh-l3p4k2048_cp32_1m.yaml", 32),
+    ("configs/quality_32k_25m.yaml", 1),
+    ("configs/paper_530m_98k_recipe.yaml", 8),
 ]
 
 

@@ -198,3 +198,23 @@ def test_config_never_imports_torch_distributed():
     code = "import sys, lhdist.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("--eval.batches=-1", ["eval.batches=-1", ">= 0"]),
+        ("--eval.passkey_lengths=[4096]", ["4096", "train.seq_len=2048"]),
+        ("--eval.passkey_lengths=[512]", ["512", "Lighthouse cannot select"]),
+        ("--eval.passkey_depths=[1.5]", ["passkey_depths", "[0, 1]"]),
+        ("--optim.schedule=wsd", ["decay_steps=0"]),
+        ("--optim.decay_shape=step", ["decay_shape", "linear"]),
+        ("--lighthouse.competition=future", ["competition", "causal"]),
+        ("--lighthouse.scatter=max", ["scatter", "mean"]),
+        ("--optim.resume_warmup_steps=-5", ["resume_warmup_steps=-5"]),
+    ],
+)
+def test_eval_schedule_and_switch_keys_are_checked(override, words):
+    with pytest.raises(ValueError) as e:
+        load_config(overrides=[override])
+    assert all(w in str(e.value) for w in words), str(e.value)
