@@ -348,7 +348,8 @@ def field_docs() -> dict[str, str]:
                 and isinstance(nxt, ast.Expr)
                 and isinstance(nxt.value, ast.Constant)
             ):
-                docs[f"{section_of[node.name]}.{stmt.target.id}"] = str(nxt.value.value)
+                doc = " ".join(str(nxt.value.value).split())  # one line in --help
+                docs[f"{section_of[node.name]}.{stmt.target.id}"] = doc
     return docs
 
 

@@ -51,7 +51,16 @@ def test_cli_train_short_run_writes_config_metrics_checkpoint(tmp_path):
     ).read_text()
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     events = [json.loads(line).get("event") for line in lines]
-    assert events == ["start", None, "stage_switch", None, "checkpoint", "done"]
+    assert events == [
+        "start",
+        None,
+        "stage_switch",
+        None,
+        "eval",
+        "checkpoint",
+        "done",
+        "eval_final",
+    ]
 
 
 def test_cli_train_unknown_key_stops_with_valid_keys(tmp_path):
