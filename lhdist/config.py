@@ -73,8 +73,6 @@ LAYOUTS = ("zigzag", "contiguous")
 ENGINES = ("deepspeed", "torch")
 LR_SCHEDULES = ("constant", "cosine", "linear", "wsd")
 DECAY_SHAPES = ("linear", "cosine")
-COMPETITIONS = ("topk", "causal")
-SCATTERS = ("sum", "mean")
 DTYPES = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -24,8 +24,8 @@ from lhdist.train.loss import IGNORE_INDEX
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels), [B, N] int64
 
 
-def read_heldout(info: DatasetInfo, seq_len: int, micro_batch_size: int, batches: int):
-    """The first `batches` micro-batches of the val set, in stored order (ValueError if short)."""
+def check_heldout_size(info: DatasetInfo, seq_len: int, micro_batch_size: int, batches: int):
+    """ValueError unless the val set holds `batches` micro-batches."""
     need = batches * micro_batch_size
     if info.num_samples < need:
         raise ValueError(
@@ -33,6 +33,11 @@ def read_heldout(info: DatasetInfo, seq_len: int, micro_batch_size: int, batches
             f"fewer than eval.batches x train.micro_batch_size = {batches} x {micro_batch_size} "
             f"= {need}: lower eval.batches or hold out more text"
         )
+
+
+def read_heldout(info: DatasetInfo, seq_len: int, micro_batch_size: int, batches: int):
+    """The first `batches` micro-batches of the val set, in stored order (ValueError if short)."""
+    check_heldout_size(info, seq_len, micro_batch_size, batches)
     loader = TokenLoader(
         info, seq_len=seq_len, micro_batch_size=micro_batch_size, dp_rank=0, dp_degree=1,
         seed=0, shuffle=False,

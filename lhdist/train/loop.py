@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from lhdist.check import job_preflight
 from lhdist.config import Config
-from lhdist.eval.heldout import build_heldout_eval
+from lhdist.eval.heldout import build_heldout_eval, check_heldout_size
 from lhdist.model import build_model
 from lhdist.parallel import (
     ParallelDims,
@@ -106,16 +106,15 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
     )
 
     heldout = None
-    if val_info is not None:
+    if val_info is not None and cfg.eval.batches > 0:
         heldout = build_heldout_eval(
             cfg, dims, val_info, lambda b: local_shard(b, dims, cfg, device), device
         )
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    def eval_forward(input_ids, labels):
-        with autocast():
+    def forward(input_ids, labels):
+        # The model sums the token losses itself, a chunk of logits at a time: the full
+        # [tokens, vocab] logits, their fp32 copy and gradient never exist.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             return engine(
                 input_ids, positions, labels=labels, loss_chunk_tokens=t.loss_chunk_tokens
             )
@@ -179,12 +178,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         total_loss = torch.zeros((), device=device)
         for input_ids, labels in micro_batches:
             set_phase("forward", step)
-            with autocast():
-                # The model sums the token losses itself, a chunk of logits at a time: the full
-                # [tokens, vocab] logits, their fp32 copy and gradient never exist.
-                loss_sum = engine(
-                    input_ids, positions, labels=labels, loss_chunk_tokens=t.loss_chunk_tokens
-                )
+            loss_sum = forward(input_ids, labels)
             set_phase("backward", step)
             engine.backward(loss_sum / global_tokens)
             total_loss += loss_sum.detach()
@@ -220,7 +214,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
 
         if heldout is not None and heldout.due(step):
             set_phase("eval", step)
-            record = heldout.run(eval_forward, router)
+            record = heldout.run(forward, router)
             logger.event("eval", step, stage=stage, **record)
             logger.scalars("eval", record, step)
 
@@ -242,7 +236,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
     logger.event("done", t.steps, **summary)
     if cfg.eval.final and start_step < t.steps:
         set_phase("final eval", t.steps)
-        summary["eval_final"] = final_long_context_eval(cfg, model, dims, device, logger)
+        summary["eval_final"] = final_long_context_eval(cfg, model, dims, device, val_info, logger)
     logger.close()
     return summary
 
@@ -276,13 +270,7 @@ def heldout_dataset(cfg: Config, is_rank0: bool) -> Any:
         progress=is_rank0,
         verify_hashes=cfg.data.verify_hashes and is_rank0,
     )
-    need = cfg.eval.batches * cfg.train.micro_batch_size
-    if info.num_samples < need:
-        raise ValueError(
-            f"held-out set {info.path} has {info.num_samples} samples of seq_len="
-            f"{cfg.train.seq_len}, fewer than eval.batches x train.micro_batch_size = {need}: "
-            "lower eval.batches or hold out more text"
-        )
+    check_heldout_size(info, cfg.train.seq_len, cfg.train.micro_batch_size, cfg.eval.batches)
     return info
 
 
@@ -295,7 +283,7 @@ def use_deterministic_kernels() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def final_long_context_eval(cfg, model, dims, device, logger) -> str | None:
+def final_long_context_eval(cfg, model, dims, device, val_info, logger) -> str | None:
     """eval.final: passkey retrieval and loss by position on this run's model, written to
     <run_dir>/eval_final.json by the first rank. Needs whole weights on one process: skipped
     (with a note) under cp > 1 or ZeRO-3, where `lhdist eval CHECKPOINT` does it afterwards."""
@@ -307,14 +295,12 @@ def final_long_context_eval(cfg, model, dims, device, logger) -> str | None:
         return None
     from lhdist.eval.longcontext import run_long_context_eval
 
-    out = Path(cfg.train.run_dir) / "eval_final.json"
-    val = val_dataset_path(cfg.data.path, cfg.data.val_path, cfg.train.seq_len, progress=False)
-    if val is None:
+    if val_info is None:
         logger.event("eval_final_skipped", cfg.train.steps, reason="no held-out data")
         return None
-    info = validate_dataset(val, seq_len=cfg.train.seq_len, verify_hashes=False)
+    out = Path(cfg.train.run_dir) / "eval_final.json"
     router = model.attention
-    report = run_long_context_eval(model, cfg, val_info=info, device=device, out_path=out)
+    report = run_long_context_eval(model, cfg, val_info=val_info, device=device, out_path=out)
     model.set_attention(router)
     logger.event("eval_final", cfg.train.steps, path=str(out), passkey=summarise_passkey(report))
     return str(out)
