@@ -38,7 +38,7 @@ def test_cli_lists_commands_and_rejects_unknown():
 def test_cli_train_help_lists_every_key_with_docs():
     out = lhdist("train", "--help")
     assert out.returncode == 0
-    assert "--train.stage1_steps=300" in out.stdout and "--lighthouse.topk=128" in out.stdout
+    assert "--train.stage1_steps=250" in out.stdout and "--lighthouse.topk=128" in out.stdout
 
 
 def test_cli_train_short_run_writes_config_metrics_checkpoint(tmp_path):
