@@ -32,8 +32,7 @@ def compute_bytes(cfg: Config, device_type: str) -> int:
     """Bytes of an activation element: 2 under bf16 autocast (GPU by default), else 4.
 
     Mirrors the loop: parameters stay fp32 in both cases; autocast casts matmul inputs."""
-    bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device_type == "cuda")
-    return 2 if bf16 else 4
+    return 2 if cfg.bf16_compute(device_type) else 4
 
 
 def device_type_of(cfg: Config, default: str) -> str:

@@ -176,6 +176,15 @@ def skip_cpu_shm_build() -> None:
     ds_torch_comm.build_shm_op = lambda: None
 
 
+def autocast_section() -> dict[str, Any]:
+    """DeepSpeed's `torch_autocast` config: its forward runs under bf16 autocast like the torch
+    engine's (without it DeepSpeed turns the loop's autocast off and the forward runs in fp32).
+    Weights, gradients, master copy and AdamW state stay fp32. No module is marked "lower
+    precision safe", so ZeRO reduces gradients (and ZeRO-3 gathers weights) in fp32, as the torch
+    engine does; DeepSpeed's default would reduce nn.Linear gradients in bf16."""
+    return {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+
+
 class DeepSpeedEngine:
     """DeepSpeed ZeRO 0-3 with a torch AdamW (no JIT-built fused Adam)."""
 
@@ -198,6 +207,8 @@ class DeepSpeedEngine:
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
+        if cfg.bf16_compute(device.type):
+            ds_config["torch_autocast"] = autocast_section()
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,

@@ -80,7 +80,6 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         # Share the cores among the processes of this machine (torchrun sets LOCAL_WORLD_SIZE).
         local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // local_procs))
-    use_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")
     run_dir = Path(t.run_dir)
     if is_rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +113,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
     def forward(input_ids, labels):
         # The model sums the token losses itself, a chunk of logits at a time: the full
         # [tokens, vocab] logits, their fp32 copy and gradient never exist.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with compute_context(cfg, device):
             return engine(
                 input_ids, positions, labels=labels, loss_chunk_tokens=t.loss_chunk_tokens
             )
@@ -242,6 +241,12 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
 
 
 # --- helpers (each used once above; kept out of the loop so it reads straight) -------------------
+
+
+def compute_context(cfg: Config, device: torch.device) -> torch.autocast:
+    """The autocast every forward runs under: bf16 when `train.dtype` resolves to it on `device`
+    (the DeepSpeed engine re-enters the same one through its `torch_autocast` config)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16_compute(device.type))
 
 
 def local_shard(
