@@ -27,7 +27,7 @@ from lhdist.train.data import build_dataloader, val_dataset_path, validate_datas
 from lhdist.train.engine import build_engine
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
-from lhdist.train.metrics import MetricsLogger, memory_gib
+from lhdist.train.metrics import ComputeDtypeProbe, MetricsLogger, memory_gib
 from lhdist.train.schedule import stage_at
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
@@ -141,7 +141,8 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
             engine=t.engine,
             zero_stage=t.zero_stage,
             device=device.type,
-            params=sum(p.numel() for p in model.parameters()),
+            # ZeRO-3 leaves each parameter a partition; ds_numel is its whole size.
+            params=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         )
     if heldout is None and cfg.eval.batches > 0:
         logger.event("eval_skipped", start_step, reason=f"no held-out data for {cfg.data.path} "
@@ -150,6 +151,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
     lh_stats = lighthouse_stats(cfg)
     router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
     batches = iter(loader)
+    dtype_probe = ComputeDtypeProbe(model)
     loss_value, run_start, tokens_seen = float("nan"), time.perf_counter(), 0
 
     for step in range(start_step + 1, t.steps + 1):
@@ -210,6 +212,8 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
             )
             show = step % t.log_every == 0 or step == t.steps or step == start_step + 1
             logger.step(record, show)
+            if step == start_step + 1:
+                logger.event("compute_dtype", step, dtype=dtype_probe.dtype)
 
         if heldout is not None and heldout.due(step):
             set_phase("eval", step)

@@ -55,13 +55,13 @@ def _forward_dtypes_worker(rank, world_size, dtype):
         model = build_model(cfg.model, seed=0, device=device)
         seen = {}
 
-        def record_linear(module, args, out):
+        def record_linear(module, args, out, seen=seen):
             seen.setdefault("linear", out.dtype)
 
         model.layers[0].attention.wq.register_forward_hook(record_linear)
         dense = model.attention
 
-        def recording_attention(q, k, v, layer_idx, dense=dense):
+        def recording_attention(q, k, v, layer_idx, dense=dense, seen=seen):
             seen.setdefault("attention", (q.dtype, k.dtype, v.dtype))
             return dense(q, k, v, layer_idx)
 
