@@ -7,6 +7,7 @@ of one global mean (local token losses / global token count), so the shares add 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +57,15 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     # LambdaLR's counter is 0 before the first step; optimizer step s uses lr_factor(s).
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i + 1, cfg))
+
+
+def check_engine_available(cfg: Config) -> None:
+    """ValueError before any process group starts when the configured engine cannot be built."""
+    if cfg.train.engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            "train.engine=deepspeed but DeepSpeed is not installed: `pip install deepspeed` "
+            "(DS_BUILD_OPS=0 is enough; nothing is JIT-built), or set train.engine=torch"
+        )
 
 
 def build_engine(model: nn.Module, cfg: Config, dims: Any) -> Engine:

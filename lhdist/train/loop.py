@@ -24,7 +24,7 @@ from lhdist.parallel import (
 from lhdist.parallel.parallelize import lighthouse_spec, parallelize_model
 from lhdist.train import checkpoint as ckpt
 from lhdist.train.data import build_dataloader, val_dataset_path, validate_dataset
-from lhdist.train.engine import build_engine
+from lhdist.train.engine import build_engine, check_engine_available
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
 from lhdist.train.metrics import ComputeDtypeProbe, MetricsLogger, memory_gib
@@ -39,6 +39,7 @@ def train(cfg: Config) -> dict[str, Any]:
     # validated at load time; here the dataset (every shard present, sizes and hashes).
     is_rank0 = (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0
     job_preflight(cfg, is_rank0)  # `lhdist check` for this job's world: layout, memory, traffic
+    check_engine_available(cfg)
     # Hashing is rank 0's job: N ranks reading a multi-TB dataset N times would stall the start.
     dataset = validate_dataset(
         cfg.data.path or None,
