@@ -45,9 +45,11 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """AdamW; matrices decay, norms (1-D) do not."""
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
+    # A ZeRO-3 partitioned parameter is an empty 1-D tensor; ds_shape is its real shape.
+    matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 for p in params]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p, m in zip(params, matrix) if m], "weight_decay": o.weight_decay},
+        {"params": [p for p, m in zip(params, matrix) if not m], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
@@ -186,6 +188,23 @@ def skip_cpu_shm_build() -> None:
     ds_torch_comm.build_shm_op = lambda: None
 
 
+def deepspeed_config(cfg: Config, device_type: str) -> dict[str, Any]:
+    """The DeepSpeed config of `cfg` (also what zero.Init partitions the model with)."""
+    t = cfg.train
+    ds_config = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum_steps,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.bf16_compute(device_type):
+        ds_config["torch_autocast"] = autocast_section()
+    return ds_config
+
+
 def autocast_section() -> dict[str, Any]:
     """DeepSpeed's `torch_autocast` config: its forward runs under bf16 autocast like the torch
     engine's (without it DeepSpeed turns the loop's autocast off and the forward runs in fp32).
@@ -195,35 +214,30 @@ def autocast_section() -> dict[str, Any]:
     return {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
 
 
+def import_deepspeed(device_type: str) -> Any:
+    """The deepspeed module, set up for `device_type` (cpu or cuda)."""
+    if device_type == "cpu":
+        # Name the accelerator instead of letting DeepSpeed warn that it found no GPU.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if device_type == "cpu":
+        skip_cpu_shm_build()
+    return deepspeed
+
+
 class DeepSpeedEngine:
     """DeepSpeed ZeRO 0-3 with a torch AdamW (no JIT-built fused Adam)."""
 
     def __init__(self, model, optimizer, scheduler, cfg: Config, dims: Any) -> None:
         device = next(model.parameters()).device
-        if device.type == "cpu":
-            # Name the accelerator instead of letting DeepSpeed warn that it found no GPU.
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        import deepspeed
-
-        if device.type == "cpu":
-            skip_cpu_shm_build()
+        deepspeed = import_deepspeed(device.type)
         t = cfg.train
-        ds_config = {
-            "train_micro_batch_size_per_gpu": t.micro_batch_size,
-            "gradient_accumulation_steps": t.grad_accum_steps,
-            "gradient_clipping": cfg.optim.grad_clip,
-            "zero_optimization": {"stage": t.zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-            "wall_clock_breakdown": False,
-        }
-        if cfg.bf16_compute(device.type):
-            ds_config["torch_autocast"] = autocast_section()
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
             lr_scheduler=scheduler,
-            config=ds_config,
+            config=deepspeed_config(cfg, device.type),
             mpu=GradGroupMPU(dims.grad_group),
             dist_init_required=False,
         )

@@ -13,7 +13,6 @@ import torch.distributed as dist
 from lhdist.check import job_preflight
 from lhdist.config import Config
 from lhdist.eval.heldout import build_heldout_eval, check_heldout_size
-from lhdist.model import build_model
 from lhdist.parallel import (
     ParallelDims,
     destroy_distributed,
@@ -28,6 +27,7 @@ from lhdist.train.engine import build_engine, check_engine_available
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
 from lhdist.train.metrics import ComputeDtypeProbe, MetricsLogger, memory_gib
+from lhdist.train.partitioned_init import build_train_model
 from lhdist.train.schedule import stage_at
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
@@ -88,7 +88,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         ckpt.remove_partial(cfg.checkpoint_dir())
 
     # Model, attention per layer, optimizer. Same seed on every rank -> same initial weights.
-    model = build_model(cfg.model, seed=t.seed, device=device)
+    model = build_train_model(cfg, dims, device)  # ZeRO-3: partitioned as it is built
     router = parallelize_model(model, dims, cfg)
     engine = build_engine(model, cfg, dims)
 
