@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lhdist.check import reduce_bucket_elements
 from lhdist.config import Config
 from lhdist.train.schedule import lr_factor
 
@@ -195,7 +196,12 @@ def deepspeed_config(cfg: Config, device_type: str) -> dict[str, Any]:
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum_steps,
         "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage},
+        "zero_optimization": {
+            "stage": t.zero_stage,
+            # DeepSpeed allocates the whole bucket (default 5e8 fp32 elements, 1.9 GiB) at every
+            # backward; past the model's size it holds nothing.
+            "reduce_bucket_size": reduce_bucket_elements(cfg),
+        },
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
