@@ -310,6 +310,12 @@ class Config:
         dense = set(self.lighthouse.full_attn_layers or [])
         return [i for i in range(self.model.num_layers) if i not in dense]
 
+    def bf16_compute(self, device_type: str) -> bool:
+        """Whether the forward runs under bf16 autocast on `device_type` (cpu or cuda); the
+        weights, gradients and optimizer state stay fp32 either way."""
+        dtype = self.train.dtype
+        return dtype == "bf16" or (dtype == "auto" and device_type == "cuda")
+
     def cp_chunks(self) -> int:
         """Equal pieces a sequence is cut into for CP: 2*cp (zigzag) or cp (contiguous)."""
         cp = self.parallel.cp_degree

@@ -54,6 +54,7 @@ def test_cli_train_short_run_writes_config_metrics_checkpoint(tmp_path):
     assert events == [
         "start",
         None,
+        "compute_dtype",
         "stage_switch",
         None,
         "eval",
@@ -61,6 +62,8 @@ def test_cli_train_short_run_writes_config_metrics_checkpoint(tmp_path):
         "done",
         "eval_final",
     ]
+    probe = json.loads(lines[events.index("compute_dtype")])
+    assert probe["dtype"] == "float32"  # train.dtype auto on CPU
 
 
 def test_cli_train_unknown_key_stops_with_valid_keys(tmp_path):
