@@ -100,6 +100,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         dp_rank=dims.dp_rank,
         dp_degree=dims.dp_degree,
         seed=cfg.data.seed,
+        vocab_size=cfg.model.vocab_size,
     )
     positions = shard_positions(
         t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout, device=device

@@ -34,7 +34,7 @@ PREFIX = "lhdist_watchdog"
 MIN_PUBLISH_GAP_S = 0.05
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process `pid` of this host runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
@@ -96,7 +96,7 @@ def find_problem(
         s = v.state
         if r == me:
             continue
-        if s["host"] == host and not _pid_alive(s["pid"]):
+        if s["host"] == host and not pid_alive(s["pid"]):
             return (
                 f"rank {r} stopped answering during {where(s)} (process {s['pid']} on {host} is "
                 f"gone)"
