@@ -28,6 +28,7 @@ from lhdist.train.engine import build_engine
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
 from lhdist.train.metrics import MetricsLogger, memory_gib
+from lhdist.train.numerics import BadStepGuard
 from lhdist.train.schedule import stage_at
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
@@ -153,6 +154,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
     router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
     batches = iter(loader)
     loss_value, run_start, tokens_seen = float("nan"), time.perf_counter(), 0
+    bad_steps = BadStepGuard(t.max_bad_steps)
 
     for step in range(start_step + 1, t.steps + 1):
         stage = stage_at(step, cfg)
@@ -194,6 +196,9 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         step_time = time.perf_counter() - step_start
         tokens = int(global_tokens)
         tokens_seen += tokens
+        if bad_steps.check(step, loss_value, grad_norm):  # same values on every rank
+            logger.event("bad_step", step, loss=loss_value, grad_norm=grad_norm,
+                         bad_steps=bad_steps.bad_steps, note="update skipped")  # fmt: skip
 
         if is_rank0:
             record = step_record(
@@ -228,7 +233,8 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
 
     elapsed = time.perf_counter() - run_start
     summary = {
-        "final_loss": loss_value,
+        "final_loss": bad_steps.last_finite_loss,
+        "bad_steps": bad_steps.bad_steps,
         "steps": t.steps,
         "start_step": start_step,
         "run_time_s": elapsed,
