@@ -667,10 +667,13 @@ def lighthouse_spec_of(cfg: Config):
     from lhdist.ops.spec import LighthouseSpec
 
     lh = cfg.lighthouse
-    return LighthouseSpec(
-        lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer, lh.competition,
-        lh.scatter,
-    )  # fmt: skip
+    try:
+        return LighthouseSpec(
+            lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer, lh.competition,
+            lh.scatter,
+        )  # fmt: skip
+    except ValueError as e:  # the spec's own words are its field names, the config's keys
+        raise ValueError(f"lighthouse.{e}") from None
 
 
 def check_lighthouse_layout(cfg: Config) -> None:
@@ -685,7 +688,10 @@ def check_lighthouse_layout(cfg: Config) -> None:
         )
     where = f"(cp_degree={cfg.parallel.cp_degree}, layout={cfg.parallel.layout}: {chunks} chunks)"
     if spec.selection == "global" or chunks == 1:
-        spec.check_seq_len(n)
+        try:
+            spec.check_seq_len(n)
+        except ValueError as e:
+            raise ValueError(f"train.{e} (lighthouse.num_levels and pooling_factor)") from None
         if (n // chunks) % spec.coarsest_window:
             raise ValueError(
                 f"train.seq_len={n} / {chunks} chunks = {n // chunks} tokens per chunk must be a "

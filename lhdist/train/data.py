@@ -174,7 +174,9 @@ def prepare_dataset(
     out = Path(out_dir)
     check_out_apart(out, [*inputs, *val_inputs])
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"output {out} exists and is not empty; pass overwrite=True")
+        raise FileExistsError(
+            f"output {out} exists and is not empty; pass --overwrite (overwrite=True) to replace it"
+        )
     files = find_text_files(inputs, extensions)
     if not files:
         raise ValueError(

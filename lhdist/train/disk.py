@@ -32,6 +32,8 @@ def gib(n: float) -> str:
 def check_writable(folder: str | os.PathLike, key: str) -> None:
     """DiskError unless `folder` (config key `key`) exists or can be made, and takes a file."""
     path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise DiskError(f"{key}={folder} is a file; it must be a directory")
     probe = path / f".lhdist-write-probe-{uuid.uuid4().hex[:8]}"
     try:
         path.mkdir(parents=True, exist_ok=True)
