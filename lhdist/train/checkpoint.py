@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from lhdist.config import Config
-from lhdist.train.agreement import AgreedError, agree, decide_on_rank0
+from lhdist.train.agreement import agree, decide_on_rank0
 from lhdist.train.checkpoint_checks import check_model_shape, model_shape, parse_meta
 from lhdist.train.disk import DiskError, as_disk_error, check_free_space, tree_bytes
 
@@ -132,7 +132,7 @@ def save_checkpoint(
 
     try:
         agree(lambda: guard_disk(write_rank_files, tmp))
-    except AgreedError:
+    except BaseException:  # a partial checkpoint would only fill the disk further
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
