@@ -95,8 +95,16 @@ def write_traceback(error: BaseException) -> Path | None:
     return None
 
 
+def quiet_library_logs() -> None:
+    """c10d logs each failed store or socket call of a dying job as a warning with a C++ stack
+    (dozens of lines per survivor); the watchdog names the cause in one. Read when torch loads,
+    so this must run first; an explicit TORCH_CPP_LOG_LEVEL wins."""
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
 def run_command(prog: str, command: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
     """Run one sub-command and turn whatever it raises into one line on stderr and an exit code."""
+    quiet_library_logs()
     try:
         return int(command(list(argv)) or 0)
     except SystemExit:

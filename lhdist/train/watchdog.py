@@ -282,7 +282,7 @@ class Watchdog:
             try:
                 problem = self._check(stale_s=2 * self.interval_s)
             except Exception as e:  # the store is gone with its host (rank 0 or the launcher)
-                return (
+                return self._dead_local_peer() or (
                     f"lost contact with the job: its rendezvous store stopped answering "
                     f"({type(e).__name__}), so the rank or launcher hosting it is gone"
                 )
@@ -291,6 +291,18 @@ class Watchdog:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(self.interval_s / 2)
+
+    def _dead_local_peer(self) -> str | None:
+        """A peer of this host whose process is gone, from the last heartbeats seen (all there
+        is to go on once the store died with it)."""
+        for r, view in sorted(self._views.items()):
+            s = view.state
+            if r != self.rank and s and s.get("host") == self.host and not pid_alive(s["pid"]):
+                return (
+                    f"rank {r} stopped answering during {where(s)} (process {s['pid']} on "
+                    f"{self.host} is gone, and the job's store with it)"
+                )
+        return None
 
     def _report(self, message: str) -> None:
         text = f"[lhdist watchdog] rank {self.rank}: {message}"
