@@ -14,6 +14,7 @@ from lhdist.config import (
     describe_keys,
     lighthouse_spec_of,
     parse_overrides,
+    read_config_file,
     resolve,
     validate,
 )
@@ -439,12 +440,9 @@ def job_preflight(cfg: Config, is_rank0: bool) -> MemoryEstimate:
 def load_for_check(path: str | None, overrides: list[str], world_size: int | None) -> Config:
     """Defaults < YAML < overrides, resolved on `world_size` (default: the config's
     dp_degree x cp_degree when dp_degree is set, else $WORLD_SIZE, else cp_degree)."""
-    import yaml
-
     cfg = Config()
     if path is not None:
-        with open(path) as f:
-            apply_mapping(cfg, yaml.safe_load(f) or {}, origin=str(path))
+        apply_mapping(cfg, read_config_file(path), origin=str(path))
     mapping: dict[str, dict] = {}
     for key, value in parse_overrides(overrides):
         section, _, name = key.partition(".")
@@ -460,7 +458,9 @@ def load_for_check(path: str | None, overrides: list[str], world_size: int | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from lhdist.errors import OneLineParser
+
+    parser = OneLineParser(
         prog="lhdist check",
         allow_abbrev=False,
         add_help=False,

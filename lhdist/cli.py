@@ -55,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"lhdist: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    return int(resolve_command(name)(rest) or 0)
+    from lhdist.errors import run_command
+
+    return run_command(f"lhdist {name}", lambda argv: resolve_command(name)(argv), rest)
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -64,8 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def train_command(argv: list[str]) -> int:
     """`lhdist train [--config X.yaml] [--section.key=value ...]`; `python -m lhdist.train` too."""
     from lhdist.config import describe_keys, load_config
+    from lhdist.errors import OneLineParser, set_traceback_dir
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="lhdist train",
         allow_abbrev=False,
         add_help=False,
@@ -81,19 +84,12 @@ def train_command(argv: list[str]) -> int:
     if known.help:
         parser.print_help()
         return 0
-    try:
-        cfg = load_config(known.config, overrides)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"lhdist train: config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(known.config, overrides)  # errors: lhdist.errors.run_command
+    set_traceback_dir(cfg.train.run_dir)
 
     from lhdist.train.loop import train
 
-    try:
-        train(cfg)
-    except (ValueError, FileNotFoundError) as e:  # user-caused (dataset, checkpoint layout, ...)
-        print(f"lhdist train: error: {e}", file=sys.stderr)
-        return 2
+    train(cfg)
     return 0
 
 
@@ -102,7 +98,9 @@ def train_command(argv: list[str]) -> int:
 
 def data_command(argv: list[str]) -> int:
     """`lhdist data prepare INPUTS... --out DIR --seq-len N` and `lhdist data validate DIR`."""
-    parser = argparse.ArgumentParser(prog="lhdist data", allow_abbrev=False)
+    from lhdist.errors import OneLineParser
+
+    parser = OneLineParser(prog="lhdist data", allow_abbrev=False)
     sub = parser.add_subparsers(dest="action", required=True)
     prep = sub.add_parser("prepare", help="tokenize text files into MDS shards")
     prep.add_argument("inputs", nargs="+", help="text files or directories")
@@ -135,24 +133,20 @@ def data_command(argv: list[str]) -> int:
 
     from lhdist.train.data import prepare_dataset, validate_dataset
 
-    try:
-        if args.action == "prepare":
-            extra = {"extensions": tuple(args.ext)} if args.ext else {}
-            info = prepare_dataset(
-                args.inputs,
-                args.out,
-                seq_len=args.seq_len,
-                tokenizer=args.tokenizer,
-                overwrite=args.overwrite,
-                val_fraction=args.val_fraction,
-                val_inputs=args.val,
-                **extra,
-            )
-        else:
-            info = validate_dataset(args.path, seq_len=args.seq_len)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"lhdist data {args.action}: error: {e}", file=sys.stderr)
-        return 2
+    if args.action == "prepare":  # errors: lhdist.errors.run_command
+        extra = {"extensions": tuple(args.ext)} if args.ext else {}
+        info = prepare_dataset(
+            args.inputs,
+            args.out,
+            seq_len=args.seq_len,
+            tokenizer=args.tokenizer,
+            overwrite=args.overwrite,
+            val_fraction=args.val_fraction,
+            val_inputs=args.val,
+            **extra,
+        )
+    else:
+        info = validate_dataset(args.path, seq_len=args.seq_len)
     print(
         f"{info.path}: {info.num_samples} samples of {info.sample_len} tokens, "
         f"tokenizer {info.tokenizer}, {len(info.shards)} shards"

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from lhdist.config_ranges import check_ranges
+
 # Dims of each model flavor (Llama-3 style). `None` fields of ModelConfig are filled from here.
 MODEL_FLAVORS: dict[str, dict[str, Any]] = {
     # CPU-sized: trains in minutes on 2 cores.
@@ -234,6 +236,9 @@ class TrainConfig:
     """Per-device peak for MFU; 0: known GPU table, or a short matmul probe on CPU."""
     num_threads: int = 0
     """torch intra-op threads per process on CPU; 0: cores / local processes."""
+    max_bad_steps: int = 0
+    """Steps with a non-finite loss or gradient norm tolerated (skipped where the engine can)
+    before the run stops; 0: stop at the first."""
 
 
 @dataclass
@@ -469,9 +474,40 @@ def parse_overrides(args: list[str]) -> list[tuple[str, Any]]:
                 raise ValueError(f"{arg} needs a value")
             key, raw = arg[2:], args[i + 1]
             i += 1
-        pairs.append((key, yaml.safe_load(raw) if raw != "" else ""))
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ValueError(
+                f"override --{key}={raw}: the value is not valid YAML ({yaml_problem(e)}); quote "
+                "strings that hold YAML syntax"
+            ) from None
+        pairs.append((key, value))
         i += 1
     return pairs
+
+
+def yaml_problem(error: Exception) -> str:
+    """'line 3, column 7: mapping values are not allowed here' from a PyYAML error."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The `section: {key: value}` mapping of a YAML config file, or one ValueError naming it."""
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"--config {file} is a directory; name a YAML file (e.g. {file}/X.yaml)")
+    if not file.is_file():
+        raise ValueError(f"--config {file} does not exist")
+    try:
+        mapping = yaml.safe_load(file.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"--config {file} is not a text (YAML) file") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {file} is not valid YAML: {yaml_problem(e)}") from None
+    return mapping or {}
 
 
 # --- resolution and validation -------------------------------------------------------------------
@@ -506,6 +542,7 @@ def validate(cfg: Config, world_size: int) -> None:
     """Raise ValueError (numbers and rule) for any setting that cannot run on `world_size`."""
     m, lh, p, t = cfg.model, cfg.lighthouse, cfg.parallel, cfg.train
     o, c = cfg.optim, cfg.checkpoint
+    check_ranges(cfg)
     for key in ("dim", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size"):
         if getattr(m, key) < 1:
             raise ValueError(f"model.{key}={getattr(m, key)} must be >= 1")
@@ -528,6 +565,11 @@ def validate(cfg: Config, world_size: int) -> None:
         raise ValueError(f"parallel.layout={p.layout!r} must be one of {LAYOUTS}")
     if p.backend not in ("auto", "nccl", "gloo"):
         raise ValueError(f"parallel.backend={p.backend!r} must be auto, nccl or gloo")
+    if p.backend == "nccl" and t.device == "cpu":
+        raise ValueError(
+            "parallel.backend=nccl runs on CUDA devices but train.device=cpu; use "
+            "parallel.backend=gloo (or auto)"
+        )
     chunks = cfg.cp_chunks()
     if t.seq_len < 2 or t.seq_len % chunks:
         rule = "2*cp_degree" if p.layout == "zigzag" and p.cp_degree > 1 else "cp_degree"
@@ -632,10 +674,13 @@ def lighthouse_spec_of(cfg: Config):
     from lhdist.ops.spec import LighthouseSpec
 
     lh = cfg.lighthouse
-    return LighthouseSpec(
-        lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer, lh.competition,
-        lh.scatter,
-    )  # fmt: skip
+    try:
+        return LighthouseSpec(
+            lh.num_levels, lh.pooling_factor, lh.topk, lh.selection, lh.scorer, lh.competition,
+            lh.scatter,
+        )  # fmt: skip
+    except ValueError as e:  # the spec's own words are its field names, the config's keys
+        raise ValueError(f"lighthouse.{e}") from None
 
 
 def check_lighthouse_layout(cfg: Config) -> None:
@@ -650,7 +695,10 @@ def check_lighthouse_layout(cfg: Config) -> None:
         )
     where = f"(cp_degree={cfg.parallel.cp_degree}, layout={cfg.parallel.layout}: {chunks} chunks)"
     if spec.selection == "global" or chunks == 1:
-        spec.check_seq_len(n)
+        try:
+            spec.check_seq_len(n)
+        except ValueError as e:
+            raise ValueError(f"train.{e} (lighthouse.num_levels and pooling_factor)") from None
         if (n // chunks) % spec.coarsest_window:
             raise ValueError(
                 f"train.seq_len={n} / {chunks} chunks = {n // chunks} tokens per chunk must be a "
@@ -667,14 +715,45 @@ def check_lighthouse_layout(cfg: Config) -> None:
     if spec.num_tiles % chunks:
         raise ValueError(
             f"lighthouse.topk={spec.topk} gives {spec.num_tiles} tiles (topk/128), which must be a "
-            f"multiple of the {chunks} CP chunks {where}; use topk a multiple of {128 * chunks} "
-            f"or selection=global"
+            f"multiple of the {chunks} CP chunks {where}; {tile_fixes(cfg, 128 * chunks)}"
         )
     chunk_spec = dataclasses.replace(spec, topk=spec.topk // chunks)
     try:
         chunk_spec.check_seq_len(n // chunks)
     except ValueError as e:
         raise ValueError(f"per CP chunk of train.seq_len={n} {where}: {e}") from None
+
+
+def tile_fixes(cfg: Config, tile_multiple: int) -> str:
+    """Advice for a topk that does not split over the CP chunks, each option verified to pass
+    the whole layout check (a fix that then fails on another rule is no fix)."""
+    import copy
+
+    fixes = []
+    for topk in range(tile_multiple, 64 * tile_multiple + 1, tile_multiple):
+        if topk < cfg.lighthouse.topk:
+            continue
+        trial = copy.deepcopy(cfg)
+        trial.lighthouse.topk = topk
+        try:
+            check_lighthouse_layout(trial)
+        except ValueError:
+            continue
+        fixes.append(f"--lighthouse.topk={topk}")
+        break
+    trial = copy.deepcopy(cfg)
+    trial.lighthouse.selection = "global"
+    try:
+        check_lighthouse_layout(trial)
+        fixes.append("--lighthouse.selection=global")
+    except ValueError:
+        pass
+    if not fixes:
+        return (
+            f"topk must be a multiple of {tile_multiple}, and no such topk nor selection=global "
+            f"fits train.seq_len={cfg.train.seq_len}: use a longer sequence or fewer CP chunks"
+        )
+    return "it works with " + " or with ".join(fixes)
 
 
 def load_config(
@@ -688,8 +767,7 @@ def load_config(
     """
     cfg = Config()
     if path is not None:
-        text = Path(path).read_text()
-        apply_mapping(cfg, yaml.safe_load(text) or {}, origin=str(path))
+        apply_mapping(cfg, read_config_file(path), origin=str(path))
     for key, value in parse_overrides(list(overrides or [])):
         _set_key(cfg, key, value, origin="command line")
     if world_size is None:

@@ -46,6 +46,11 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     timeout = datetime.timedelta(seconds=timeout_s)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if "nccl" in backend:
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "parallel.backend=nccl needs CUDA devices, and this machine has none; use "
+                "parallel.backend=gloo (or auto)"
+            )
         torch.cuda.set_device(local_rank)
     if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         raise ValueError(

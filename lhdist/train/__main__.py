@@ -3,6 +3,7 @@
 import sys
 
 from lhdist.cli import train_command
+from lhdist.errors import run_command
 
 if __name__ == "__main__":
-    sys.exit(train_command(sys.argv[1:]))
+    sys.exit(run_command("lhdist train", train_command, sys.argv[1:]))

@@ -37,6 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from lhdist.train.data_checks import (
+    check_index_schema,
+    check_out_apart,
+    check_token_ids,
+    read_dataset_meta,
+    remove_stale_temps,
+    temp_owner,
+)
 from lhdist.train.tokenizer import Tokenizer, load_tokenizer
 
 DEFAULT_EXTENSIONS = (".txt", ".md", ".rst", ".py")
@@ -164,8 +172,11 @@ def prepare_dataset(
         raise ValueError("give a val fraction or val inputs, not both")
     tok = load_tokenizer(tokenizer)
     out = Path(out_dir)
+    check_out_apart(out, [*inputs, *val_inputs])
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"output {out} exists and is not empty; pass overwrite=True")
+        raise FileExistsError(
+            f"output {out} exists and is not empty; pass --overwrite (overwrite=True) to replace it"
+        )
     files = find_text_files(inputs, extensions)
     if not files:
         raise ValueError(
@@ -188,7 +199,8 @@ def prepare_dataset(
         raise ValueError(f"{len(overlap)} files are both training and held-out: {min(overlap)}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_temps(out)
+    tmp = out.parent / f".{out.name}.tmp-{temp_owner()}-{uuid.uuid4().hex[:8]}"
     try:
         _write_split(files, tmp, tok, seq_len, shard_size_limit, progress, "tokenize")
         if val_files:
@@ -395,10 +407,10 @@ def _check_index(path: Path, verify_hashes: bool) -> DatasetInfo:
         raise FileNotFoundError(f"{index} is missing: {path} is not an MDS dataset")
     try:
         obj = json.loads(index.read_text())
-        shards = obj["shards"]
-        version = obj["version"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{index} is not a valid MDS index ({e!r})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{index} is not a valid MDS index (not JSON: {e})") from None
+    check_index_schema(obj, index)
+    shards, version = obj["shards"], obj["version"]
     if version != 2 or not shards:
         raise ValueError(f"{index}: version={version} with {len(shards)} shards; need 2 and >= 1")
     get_hash = streaming_modules().get_hash if verify_hashes else None
@@ -434,7 +446,7 @@ def _check_index(path: Path, verify_hashes: bool) -> DatasetInfo:
                 )
     sample_len = _static_length(encodings, index)
     meta_file = path / META_FILE
-    meta: dict[str, Any] = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta: dict[str, Any] = read_dataset_meta(meta_file) if meta_file.is_file() else {}
     return DatasetInfo(
         path=path,
         num_samples=sum(int(s["samples"]) for s in shards),
@@ -478,6 +490,7 @@ class TokenLoader:
         dp_degree: int,
         seed: int,
         shuffle: bool = True,
+        vocab_size: int | None = None,
     ) -> None:
         if not 0 <= dp_rank < dp_degree or micro_batch_size < 1:
             raise ValueError(
@@ -500,6 +513,8 @@ class TokenLoader:
         self.seed = seed
         self.shuffle = shuffle
         self.vocab_size = info.vocab_size
+        # Ids must index the embedding; unverified (or foreign) shards may hold any value.
+        self.max_token_id = (vocab_size or info.vocab_size or 0) - 1
         self.epoch = 0
         self.offset = 0
         """Samples of this epoch's order consumed by all dp ranks together."""
@@ -526,6 +541,8 @@ class TokenLoader:
                 f"sample {sample_id} of {self.info.path} has shape {tuple(tokens.shape)}; "
                 f"seq_len={self.seq_len} needs ({self.seq_len + 1},)"
             )
+        if self.max_token_id >= 0:
+            check_token_ids(tokens, self.max_token_id, sample_id, self.info.path)
         return tokens
 
     def __iter__(self) -> TokenLoader:
@@ -603,4 +620,5 @@ def build_dataloader(
         dp_degree=dp_degree,
         seed=seed,
         shuffle=shuffle,
+        vocab_size=vocab_size,
     )

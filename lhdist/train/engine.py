@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -117,11 +118,14 @@ class TorchEngine:
             for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
                 p.grad.copy_(g.view_as(p))
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        # The loop reads the norm back anyway; reading it before the update lets a non-finite
+        # one skip it (optimizer and schedule, as DeepSpeed's overflow check does).
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if math.isfinite(norm):
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from lhdist.check import job_preflight
 from lhdist.config import Config
+from lhdist.errors import RankFailure
 from lhdist.eval.heldout import build_heldout_eval, check_heldout_size
 from lhdist.parallel import (
     ParallelDims,
@@ -22,12 +23,22 @@ from lhdist.parallel import (
 )
 from lhdist.parallel.parallelize import lighthouse_spec, parallelize_model
 from lhdist.train import checkpoint as ckpt
-from lhdist.train.data import build_dataloader, val_dataset_path, validate_dataset
+from lhdist.train.agreement import agree, decide_on_rank0
+from lhdist.train.data import (
+    build_dataloader,
+    default_cache_dir,
+    val_dataset_path,
+    validate_dataset,
+)
+from lhdist.train.disk import check_writable
 from lhdist.train.engine import build_engine, check_engine_available
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
-from lhdist.train.metrics import ComputeDtypeProbe, MetricsLogger, memory_gib
+from lhdist.train.metrics import JSONL, ComputeDtypeProbe, MetricsLogger, memory_gib
+from lhdist.train.metrics_repair import ABANDONED, repair_metrics
+from lhdist.train.numerics import BadStepGuard
 from lhdist.train.partitioned_init import build_train_model
+from lhdist.train.resume import ResumePlan, plan_resume, write_run_file
 from lhdist.train.schedule import stage_at
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
@@ -35,20 +46,11 @@ from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 def train(cfg: Config) -> dict[str, Any]:
     """Run (or resume) the training described by the resolved `cfg`; returns a summary on every
     rank. Launch one process per device (torchrun, slurm) or run it plainly for one process."""
-    # Everything a user can get wrong is checked before the first collective: the config was
-    # validated at load time; here the dataset (every shard present, sizes and hashes).
+    # Everything a user can get wrong in the config was checked at load time; `job_preflight`
+    # is pure arithmetic, the same on every rank, so none of them waits for a peer that stopped.
     is_rank0 = (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0
     job_preflight(cfg, is_rank0)  # `lhdist check` for this job's world: layout, memory, traffic
     check_engine_available(cfg)
-    # Hashing is rank 0's job: N ranks reading a multi-TB dataset N times would stall the start.
-    dataset = validate_dataset(
-        cfg.data.path or None,
-        seq_len=cfg.train.seq_len,
-        vocab_size=cfg.model.vocab_size,
-        progress=is_rank0,
-        verify_hashes=cfg.data.verify_hashes and is_rank0,
-    )
-    val_info = heldout_dataset(cfg, is_rank0)
     if cfg.train.deterministic:
         use_deterministic_kernels()
     device = pick_device(cfg)
@@ -62,14 +64,37 @@ def train(cfg: Config) -> dict[str, Any]:
     os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() % max(1, torch.cuda.device_count())))
     start_watchdog(cfg.parallel.timeout_s)  # a dead or hung rank stops every rank, named
     try:
+        # Files and data, checked by every rank (hashes by rank 0 alone: N ranks reading a
+        # multi-TB dataset N times would stall the start); one rank's finding stops all, alike.
+        set_phase("check inputs", 0)
+        dataset, val_info = agree(lambda: check_inputs(cfg, is_rank0))
         return run(cfg, device, dataset, val_info)
     except BaseException as error:
-        stop_watchdog(error)
+        cause = stop_watchdog(error)
+        if cause is not None:  # another rank's failure: name it, not the collective that saw it
+            raise RankFailure(cause) from error
         raise
     finally:
         stop_watchdog()
         if owns_process_group:
             destroy_distributed()
+
+
+def check_inputs(cfg: Config, is_rank0: bool) -> tuple[Any, Any]:
+    """Writable output folders, then the training and held-out datasets (validated)."""
+    check_writable(cfg.train.run_dir, "train.run_dir")
+    if cfg.checkpoint.enabled:
+        check_writable(cfg.checkpoint_dir(), "checkpoint.dir")
+    if not cfg.data.path:  # the built-in corpus is prepared into the cache on first use
+        check_writable(default_cache_dir(), "the data cache ($LHDIST_CACHE_DIR)")
+    dataset = validate_dataset(
+        cfg.data.path or None,
+        seq_len=cfg.train.seq_len,
+        vocab_size=cfg.model.vocab_size,
+        progress=is_rank0,
+        verify_hashes=cfg.data.verify_hashes and is_rank0,
+    )
+    return dataset, heldout_dataset(cfg, is_rank0)
 
 
 def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -> dict[str, Any]:
@@ -82,10 +107,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // local_procs))
     run_dir = Path(t.run_dir)
-    if is_rank0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
-        ckpt.remove_partial(cfg.checkpoint_dir())
+    plan = decide_on_rank0(lambda: start_run_dir(cfg))  # resume point, run id, repaired metrics
 
     # Model, attention per layer, optimizer. Same seed on every rank -> same initial weights.
     model = build_train_model(cfg, dims, device)  # ZeRO-3: partitioned as it is built
@@ -100,6 +122,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         dp_rank=dims.dp_rank,
         dp_degree=dims.dp_degree,
         seed=cfg.data.seed,
+        vocab_size=cfg.model.vocab_size,
     )
     positions = shard_positions(
         t.seq_len, dims.cp_rank, dims.cp_degree, cfg.parallel.layout, device=device
@@ -120,16 +143,17 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
             )
 
     # Resume: engine state, RNG, data position, step; the stage follows from the step.
-    start_step, resume_from = 0, resume_path(cfg)
+    start_step, resume_from = 0, plan.path
     if resume_from is not None:
-        meta = ckpt.read_meta(resume_from)
-        ckpt.check_compatible(meta, cfg, resume_from)
-        state = ckpt.load_checkpoint(resume_from, engine)
+        meta = agree(lambda: compatible_meta(cfg, resume_from))
+        state = agree(lambda: ckpt.load_checkpoint(resume_from, engine))
         loader.load_state_dict(state["data"])
         start_step = meta["step"]
     dist.barrier()
 
     logger = MetricsLogger(run_dir, is_rank0, t.steps, start_step, t.tensorboard)
+    for note in plan.notes:
+        logger.event("note", start_step, note=note)
     if resume_from is not None:
         logger.event("resume", start_step, path=str(resume_from), stage=stage_at(start_step, cfg))
     else:
@@ -154,6 +178,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
     batches = iter(loader)
     dtype_probe = ComputeDtypeProbe(model)
     loss_value, run_start, tokens_seen = float("nan"), time.perf_counter(), 0
+    bad_steps = BadStepGuard(t.max_bad_steps)
 
     for step in range(start_step + 1, t.steps + 1):
         stage = stage_at(step, cfg)
@@ -195,6 +220,9 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         step_time = time.perf_counter() - step_start
         tokens = int(global_tokens)
         tokens_seen += tokens
+        if bad_steps.check(step, loss_value, grad_norm):  # same values on every rank
+            logger.event("bad_step", step, loss=loss_value, grad_norm=grad_norm,
+                         bad_steps=bad_steps.bad_steps, note="update skipped")  # fmt: skip
 
         if is_rank0:
             record = step_record(
@@ -225,13 +253,14 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         if cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps):
             set_phase("checkpoint", step)
             path = ckpt.save_checkpoint(
-                cfg, engine, step, stage, {"data": loader.state_dict(), "step": step}
+                cfg, engine, step, stage, {"data": loader.state_dict(), "step": step}, plan.run_id
             )
             logger.event("checkpoint", step, path=str(path))
 
     elapsed = time.perf_counter() - run_start
     summary = {
-        "final_loss": loss_value,
+        "final_loss": bad_steps.last_finite_loss,
+        "bad_steps": bad_steps.bad_steps,
         "steps": t.steps,
         "start_step": start_step,
         "run_time_s": elapsed,
@@ -337,15 +366,29 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def resume_path(cfg: Config) -> Path | None:
-    resume = cfg.checkpoint.resume
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return ckpt.find_latest(cfg.checkpoint_dir())
-    path = Path(resume)
-    ckpt.read_meta(path)  # raises a clear error if it is not a checkpoint
-    return path
+def start_run_dir(cfg: Config) -> ResumePlan:
+    """Rank 0, before anyone reads the run directory: the resolved config, partial checkpoints
+    of killed saves removed, the resume plan and its run.json, metrics.jsonl repaired."""
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    ckpt.remove_partial(cfg.checkpoint_dir())
+    plan = plan_resume(cfg)
+    write_run_file(run_dir, plan.run_id, plan.resumed_from)
+    start_step = ckpt.read_meta(plan.path)["step"] if plan.path else 0
+    torn, moved = repair_metrics(run_dir / JSONL, start_step)
+    if torn or moved:
+        plan.notes.append(
+            f"metrics.jsonl: {torn} torn line(s) dropped, {moved} record(s) after step "
+            f"{start_step} moved to {ABANDONED}"
+        )
+    return plan
+
+
+def compatible_meta(cfg: Config, path: Path) -> dict[str, Any]:
+    meta = ckpt.read_meta(path)
+    ckpt.check_compatible(meta, cfg, path)
+    return meta
 
 
 def lighthouse_stats(cfg: Config) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ PREFIX = "lhdist_watchdog"
 MIN_PUBLISH_GAP_S = 0.05
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process `pid` of this host runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
@@ -96,7 +96,7 @@ def find_problem(
         s = v.state
         if r == me:
             continue
-        if s["host"] == host and not _pid_alive(s["pid"]):
+        if s["host"] == host and not pid_alive(s["pid"]):
             return (
                 f"rank {r} stopped answering during {where(s)} (process {s['pid']} on {host} is "
                 f"gone)"
@@ -178,37 +178,41 @@ class Watchdog:
             self._state.update(phase=phase, step=step, progress=self._state["progress"] + 1)
         self._wake.set()
 
-    def stop(self, error: BaseException | None = None) -> None:
+    def stop(self, error: BaseException | None = None) -> str | None:
         """End the heartbeat: 'done', or after an exception the cause (a peer's death when the
-        exception came from it, else this rank's own error) for the other ranks to report."""
+        exception came from it, else this rank's own error) for the other ranks to report.
+
+        Returns the peer's failure behind `error` (for the caller to report instead of the
+        collective's error), or None when the error is this rank's own."""
         if self._thread is None:
-            return
+            return None
         self._stop.set()
         self._wake.set()
         self._thread.join()
         self._thread = None
         if error is None:
             self._state["status"] = "done"
-            self._publish()
-            return
+            with contextlib.suppress(Exception):  # the store's host may have finished first
+                self._publish()
+            return None
         # A communication error (gloo raises RuntimeError, sockets OSError) may be a peer's
         # death seen first here: give its heartbeat two periods to go quiet. Other errors are
         # this rank's own (a ValueError is raised alike on every rank): no wait.
         comm_error = isinstance(error, (RuntimeError, OSError))
         grace = min(self.timeout_s, 2 * self.interval_s + 1) if comm_error else 0.0
-        cause = self._peer_cause(grace_s=grace)
+        cause = self._peer_cause(grace_s=grace) if comm_error else None
         if cause is not None:
-            self._report(cause)
             self._state.update(status="aborted", cause=cause)
         else:
-            text = f"{type(error).__name__}: {error}"[:500]
-            self._report(f"rank {self.rank} failed during {where(self._state)}: {text}")
+            text = " ".join(f"{type(error).__name__}: {error}".split())[:500]
             self._state.update(status="failed", error=text)
-        self._publish()
+        with contextlib.suppress(Exception):  # tell the others, if the store still can
+            self._publish()
         # Tearing down a broken process group can block; do not let it outlive the timeout.
         timer = threading.Timer(self.timeout_s, self.exit, args=(1,))
         timer.daemon = True
         timer.start()
+        return cause
 
     # --- heartbeat thread -------------------------------------------------------------------
 
@@ -277,13 +281,28 @@ class Watchdog:
         while True:
             try:
                 problem = self._check(stale_s=2 * self.interval_s)
-            except Exception:
-                return None
+            except Exception as e:  # the store is gone with its host (rank 0 or the launcher)
+                return self._dead_local_peer() or (
+                    f"lost contact with the job: its rendezvous store stopped answering "
+                    f"({type(e).__name__}), so the rank or launcher hosting it is gone"
+                )
             if problem is not None and not problem.startswith(f"rank {self.rank} "):
                 return problem
             if time.monotonic() >= deadline:
                 return None
             time.sleep(self.interval_s / 2)
+
+    def _dead_local_peer(self) -> str | None:
+        """A peer of this host whose process is gone, from the last heartbeats seen (all there
+        is to go on once the store died with it)."""
+        for r, view in sorted(self._views.items()):
+            s = view.state
+            if r != self.rank and s and s.get("host") == self.host and not pid_alive(s["pid"]):
+                return (
+                    f"rank {r} stopped answering during {where(s)} (process {s['pid']} on "
+                    f"{self.host} is gone, and the job's store with it)"
+                )
+        return None
 
     def _report(self, message: str) -> None:
         text = f"[lhdist watchdog] rank {self.rank}: {message}"
@@ -314,9 +333,11 @@ def set_phase(phase: str, step: int) -> None:
         _active.set_phase(phase, step)
 
 
-def stop_watchdog(error: BaseException | None = None) -> None:
+def stop_watchdog(error: BaseException | None = None) -> str | None:
     """Stop the running watchdog (if any); see `Watchdog.stop`."""
     global _active
+    cause = None
     if _active is not None:
-        _active.stop(error)
+        cause = _active.stop(error)
         _active = None
+    return cause
