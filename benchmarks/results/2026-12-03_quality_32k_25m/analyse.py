@@ -114,6 +114,12 @@ out["causal_competition_seed0_only"] = {
     "step700_val_dense_before_resume": c_evals[700]["val_loss_dense"],
     "wall_s": wall_at(c_steps, 1000),
 }
+
+
+def mean_step_s(steps, stage, after):
+    return st.fmean(r["step_time_s"] for t, r in steps.items() if t > after and r["stage"] == stage)
+
+
 det = {}
 for mode in ("true", "false"):
     a, _ = load(f"deterministic_{mode}_a")
@@ -124,8 +130,8 @@ for mode in ("true", "false"):
         "bitwise_equal_steps": sum(d == 0.0 for d in diffs),
         "first_differing_step": next((t for t, d in zip(sorted(a), diffs) if d), None),
         "max_abs_loss_diff": max(diffs),
-        "mean_step_s_stage1": st.fmean(r["step_time_s"] for t, r in a.items() if t > 5 and r["stage"] == 1),
-        "mean_step_s_stage2": st.fmean(r["step_time_s"] for t, r in a.items() if t > 65 and r["stage"] == 2),
+        "mean_step_s_stage1": mean_step_s(a, 1, after=5),
+        "mean_step_s_stage2": mean_step_s(a, 2, after=65),
     }
 out["reruns_120_steps"] = det
 print(json.dumps(out, indent=1))
