@@ -27,15 +27,24 @@ def paired(diffs):
     mean = st.fmean(diffs)
     sem = st.stdev(diffs) / math.sqrt(len(diffs))
     half = T95[len(diffs) - 1] * sem
-    return {"per_seed": diffs, "mean": mean, "sem": sem, "ci95": [mean - half, mean + half],
-            "within_noise": mean - half <= 0 <= mean + half}
+    return {
+        "per_seed": diffs,
+        "mean": mean,
+        "sem": sem,
+        "ci95": [mean - half, mean + half],
+        "within_noise": mean - half <= 0 <= mean + half,
+    }
 
 
 seeds = [0, 1, 2]
 dense = {s: load(f"dense_{s}") for s in seeds}
 lh = {s: load(f"lighthouse_{s}") for s in seeds}
-out = {"steps_reached": {"dense": [max(dense[s][0]) for s in seeds],
-                         "lighthouse": [max(lh[s][0]) for s in seeds]}}
+out = {
+    "steps_reached": {
+        "dense": [max(dense[s][0]) for s in seeds],
+        "lighthouse": [max(lh[s][0]) for s in seeds],
+    }
+}
 # Step 700: the last eval both arms reached; the Lighthouse arm is still in stage 1 there.
 e_d = {s: dense[s][1][700] for s in seeds}
 e_l = {s: lh[s][1][700] for s in seeds}
@@ -45,11 +54,14 @@ out["step700"] = {
     "lighthouse_arm_val_causal_reselection": [e_l[s]["val_loss_lighthouse_causal"] for s in seeds],
     "lighthouse_arm_val_dense_before_resume": [e_l[s]["val_loss_dense"] for s in seeds],
     "lighthouse_minus_dense_arm": paired(
-        [e_l[s]["val_loss_lighthouse"] - e_d[s]["val_loss_dense"] for s in seeds]),
+        [e_l[s]["val_loss_lighthouse"] - e_d[s]["val_loss_dense"] for s in seeds]
+    ),
     "causal_reselection_minus_dense_arm": paired(
-        [e_l[s]["val_loss_lighthouse_causal"] - e_d[s]["val_loss_dense"] for s in seeds]),
+        [e_l[s]["val_loss_lighthouse_causal"] - e_d[s]["val_loss_dense"] for s in seeds]
+    ),
     "leak_lighthouse_minus_causal_same_weights": paired(
-        [e_l[s]["val_loss_lighthouse"] - e_l[s]["val_loss_lighthouse_causal"] for s in seeds]),
+        [e_l[s]["val_loss_lighthouse"] - e_l[s]["val_loss_lighthouse_causal"] for s in seeds]
+    ),
 }
 # Steps 701..last common step: both arms dense, same batches (paired per step and seed).
 last = min(max(dense[s][0]) for s in seeds)
@@ -57,10 +69,12 @@ window = range(701, last + 1)
 out["train_loss_after_switch"] = {
     "steps": [window.start, window.stop - 1],
     "lighthouse_minus_dense_per_seed": [
-        st.fmean(lh[s][0][t]["loss"] - dense[s][0][t]["loss"] for t in window) for s in seeds],
+        st.fmean(lh[s][0][t]["loss"] - dense[s][0][t]["loss"] for t in window) for s in seeds
+    ],
     "last10_lighthouse_minus_dense_per_seed": [
         st.fmean(lh[s][0][t]["loss"] - dense[s][0][t]["loss"] for t in range(last - 9, last + 1))
-        for s in seeds],
+        for s in seeds
+    ],
 }
 # The Lighthouse arm after 100 dense steps (no dense-arm eval at step 800 exists).
 out["lighthouse_arm_step800"] = {
@@ -68,7 +82,8 @@ out["lighthouse_arm_step800"] = {
     for k in ("val_loss_dense", "val_loss_lighthouse", "val_loss_lighthouse_causal")
 }
 out["dense_arm_val_dense_600_to_700_drop"] = [
-    dense[s][1][700]["val_loss_dense"] - dense[s][1][600]["val_loss_dense"] for s in seeds]
+    dense[s][1][700]["val_loss_dense"] - dense[s][1][600]["val_loss_dense"] for s in seeds
+]
 
 
 def speed(runs, stage):
@@ -77,6 +92,8 @@ def speed(runs, stage):
 
 
 out["tokens_per_s_six_runs_sharing_one_gpu"] = {
-    "dense_arm": speed(dense, 2), "lighthouse_stage1": speed(lh, 1),
-    "lighthouse_stage2": speed(lh, 2)}
+    "dense_arm": speed(dense, 2),
+    "lighthouse_stage1": speed(lh, 1),
+    "lighthouse_stage2": speed(lh, 2),
+}
 print(json.dumps(out, indent=1))

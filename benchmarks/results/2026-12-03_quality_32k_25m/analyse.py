@@ -29,9 +29,14 @@ def paired(diffs):
     mean = st.fmean(diffs)
     sem = st.stdev(diffs) / math.sqrt(len(diffs))
     half = T95[len(diffs) - 1] * sem
-    return {"per_seed": diffs, "mean": mean, "sem": sem, "ci95": [mean - half, mean + half],
-            "within_noise": mean - half <= 0 <= mean + half,
-            "same_sign_all_seeds": all(d > 0 for d in diffs) or all(d < 0 for d in diffs)}
+    return {
+        "per_seed": diffs,
+        "mean": mean,
+        "sem": sem,
+        "ci95": [mean - half, mean + half],
+        "within_noise": mean - half <= 0 <= mean + half,
+        "same_sign_all_seeds": all(d > 0 for d in diffs) or all(d < 0 for d in diffs),
+    }
 
 
 def wall_at(steps, step):
@@ -54,7 +59,8 @@ out["final_step1000_val_dense"] = {
     "dense": [dense[s][1][1000]["val_loss_dense"] for s in SEEDS],
     "lighthouse_resumed": [lh[s][1][1000]["val_loss_dense"] for s in SEEDS],
     "lighthouse_minus_dense": paired(
-        [lh[s][1][1000]["val_loss_dense"] - dense[s][1][1000]["val_loss_dense"] for s in SEEDS]),
+        [lh[s][1][1000]["val_loss_dense"] - dense[s][1][1000]["val_loss_dense"] for s in SEEDS]
+    ),
 }
 e_d = {s: dense[s][1][700] for s in SEEDS}
 e_l = {s: lh[s][1][700] for s in SEEDS}
@@ -64,21 +70,30 @@ out["step700"] = {
     "lighthouse_arm_val_causal_reselection": [e_l[s]["val_loss_lighthouse_causal"] for s in SEEDS],
     "lighthouse_arm_val_dense_before_resume": [e_l[s]["val_loss_dense"] for s in SEEDS],
     "lighthouse_minus_dense_arm": paired(
-        [e_l[s]["val_loss_lighthouse"] - e_d[s]["val_loss_dense"] for s in SEEDS]),
+        [e_l[s]["val_loss_lighthouse"] - e_d[s]["val_loss_dense"] for s in SEEDS]
+    ),
     "causal_reselection_minus_dense_arm": paired(
-        [e_l[s]["val_loss_lighthouse_causal"] - e_d[s]["val_loss_dense"] for s in SEEDS]),
+        [e_l[s]["val_loss_lighthouse_causal"] - e_d[s]["val_loss_dense"] for s in SEEDS]
+    ),
     "leak_lighthouse_minus_causal_same_weights": paired(
-        [e_l[s]["val_loss_lighthouse"] - e_l[s]["val_loss_lighthouse_causal"] for s in SEEDS]),
+        [e_l[s]["val_loss_lighthouse"] - e_l[s]["val_loss_lighthouse_causal"] for s in SEEDS]
+    ),
 }
 # After the switch both arms train dense on the same batches: does the gap close?
 out["train_loss_gap_after_switch"] = {
-    f"{a}-{b}": paired([st.fmean(lh[s][0][t]["loss"] - dense[s][0][t]["loss"]
-                                 for t in range(a, b + 1)) for s in SEEDS])
+    f"{a}-{b}": paired(
+        [
+            st.fmean(lh[s][0][t]["loss"] - dense[s][0][t]["loss"] for t in range(a, b + 1))
+            for s in SEEDS
+        ]
+    )
     for a, b in ((701, 750), (751, 800), (801, 900), (901, 1000))
 }
 out["val_gap_after_switch"] = {
-    str(t): paired([lh[s][1][t]["val_loss_dense"] - dense[s][1][t]["val_loss_dense"]
-                    for s in SEEDS]) for t in (800, 900, 1000)
+    str(t): paired(
+        [lh[s][1][t]["val_loss_dense"] - dense[s][1][t]["val_loss_dense"] for s in SEEDS]
+    )
+    for t in (800, 900, 1000)
 }
 # Equal wall-clock: the dense arm's val loss after as many seconds of steps as the Lighthouse
 # run took in all (the question a user with a time budget asks).
@@ -86,11 +101,16 @@ out["equal_wall_clock"] = {
     "lighthouse_wall_s": [wall_at(lh[s][0], 1000) for s in SEEDS],
     "dense_wall_s": [wall_at(dense[s][0], 1000) for s in SEEDS],
     "dense_val_at_lighthouse_wall": [
-        val_at_wall(*dense[s], wall_at(lh[s][0], 1000)) for s in SEEDS],
+        val_at_wall(*dense[s], wall_at(lh[s][0], 1000)) for s in SEEDS
+    ],
 }
-out["equal_wall_clock"]["lighthouse_minus_dense"] = paired([
-    lh[s][1][1000]["val_loss_dense"] - out["equal_wall_clock"]["dense_val_at_lighthouse_wall"][i]
-    for i, s in enumerate(SEEDS)])
+out["equal_wall_clock"]["lighthouse_minus_dense"] = paired(
+    [
+        lh[s][1][1000]["val_loss_dense"]
+        - out["equal_wall_clock"]["dense_val_at_lighthouse_wall"][i]
+        for i, s in enumerate(SEEDS)
+    ]
+)
 
 
 def speed(runs, stage):
@@ -100,11 +120,14 @@ def speed(runs, stage):
 
 
 out["tokens_per_s_one_run_at_a_time"] = {
-    "dense_arm": speed(dense, 2), "lighthouse_stage1": speed(lh, 1),
-    "lighthouse_stage2": speed(lh, 2)}
+    "dense_arm": speed(dense, 2),
+    "lighthouse_stage1": speed(lh, 1),
+    "lighthouse_stage2": speed(lh, 2),
+}
 out["tokens_per_s_one_run_at_a_time"]["stage1_speedup"] = (
     out["tokens_per_s_one_run_at_a_time"]["lighthouse_stage1"]
-    / out["tokens_per_s_one_run_at_a_time"]["dense_arm"])
+    / out["tokens_per_s_one_run_at_a_time"]["dense_arm"]
+)
 c_steps, c_evals = load("lighthouse_causal_0")
 out["causal_competition_seed0_only"] = {
     "val_dense_step1000": c_evals[1000]["val_loss_dense"],
