@@ -37,7 +37,7 @@ def train(run_dir, *overrides, hide_deepspeed=False):
 def test_train_bad_engine_config_exits_2_with_one_line(tmp_path, overrides, message):
     out = train(tmp_path / "run", *overrides)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines() == [f"lhdist train: config error: {message}"]
+    assert out.stderr.strip().splitlines() == [f"lhdist train: error: {message}"]
     assert not (tmp_path / "run").exists()  # stopped at config load, before the run started
 
 
