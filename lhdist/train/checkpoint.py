@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from lhdist.config import Config
+from lhdist.train.tokenizer_files import copy_tokenizer_folder
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 TMP_PREFIX = ".tmp-"
@@ -113,6 +114,7 @@ def save_checkpoint(
     dist.barrier()
     if rank == 0:
         (tmp / "config.yaml").write_text(cfg.to_yaml())
+        copy_tokenizer_folder(Path(cfg.train.run_dir), tmp)  # what `lhdist export` ships
         meta = {
             "step": step,
             "stage": stage,

@@ -29,6 +29,7 @@ from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
 from lhdist.train.metrics import MetricsLogger, memory_gib
 from lhdist.train.schedule import stage_at
+from lhdist.train.tokenizer_files import keep_run_tokenizer
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
 
@@ -48,6 +49,11 @@ def train(cfg: Config) -> dict[str, Any]:
         verify_hashes=cfg.data.verify_hashes and is_rank0,
     )
     val_info = heldout_dataset(cfg, is_rank0)
+    hf_init = None
+    if cfg.checkpoint.init_from and resume_path(cfg) is None:  # a resume ignores init_from
+        from lhdist.interop.hf_init import check_init_from
+
+        hf_init = check_init_from(cfg)  # config.json and tensor headers, no weights yet
     if cfg.train.deterministic:
         use_deterministic_kernels()
     device = pick_device(cfg)
@@ -61,7 +67,7 @@ def train(cfg: Config) -> dict[str, Any]:
     os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() % max(1, torch.cuda.device_count())))
     start_watchdog(cfg.parallel.timeout_s)  # a dead or hung rank stops every rank, named
     try:
-        return run(cfg, device, dataset, val_info)
+        return run(cfg, device, dataset, val_info, hf_init)
     except BaseException as error:
         stop_watchdog(error)
         raise
@@ -71,7 +77,9 @@ def train(cfg: Config) -> dict[str, Any]:
             destroy_distributed()
 
 
-def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -> dict[str, Any]:
+def run(
+    cfg: Config, device: torch.device, dataset: Any, val_info: Any = None, hf_init: Any = None
+) -> dict[str, Any]:
     t = cfg.train
     rank, world = dist.get_rank(), dist.get_world_size()
     dims = ParallelDims(cfg.parallel.dp_degree, cfg.parallel.cp_degree, world).build_groups()
@@ -82,13 +90,17 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // local_procs))
     use_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")
     run_dir = Path(t.run_dir)
+    tokenizer_kept: str | None = "not rank 0"
     if is_rank0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        tokenizer_kept = keep_run_tokenizer(dataset, run_dir)  # checkpoints copy it
         ckpt.remove_partial(cfg.checkpoint_dir())
 
     # Model, attention per layer, optimizer. Same seed on every rank -> same initial weights.
     model = build_model(cfg.model, seed=t.seed, device=device)
+    if hf_init is not None:  # before the engine: DeepSpeed ZeRO-3 partitions what it is given
+        hf_init.load_into(model)
     router = parallelize_model(model, dims, cfg)
     engine = build_engine(model, cfg, dims)
 
@@ -144,6 +156,11 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
             device=device.type,
             params=sum(p.numel() for p in model.parameters()),
         )
+    if hf_init is not None:
+        logger.event("init_from", 0, path=str(hf_init.folder), rope_changed=hf_init.notes)
+    if tokenizer_kept is None:
+        logger.event("tokenizer_not_kept", start_step, reason=f"dataset {dataset.path} holds no "
+                     "tokenizer/ folder (prepared before lhdist kept one, or not by lhdist)")  # fmt: skip
     if heldout is None and cfg.eval.batches > 0:
         logger.event("eval_skipped", start_step, reason=f"no held-out data for {cfg.data.path} "
                      "(set data.val_path, or prepare with --val-fraction)")  # fmt: skip
