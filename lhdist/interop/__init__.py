@@ -1,1 +1,1 @@
-"""Hugging Face interop: lhdist checkpoints to LlamaForCausalLM folders and back, with the tokenizer."""
+"""Hugging Face interop: lhdist checkpoints to LlamaForCausalLM folders and back, tokenizer too."""

@@ -54,7 +54,9 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"lhdist export: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    print(f"{out}: Hugging Face LlamaForCausalLM ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    print(
+        f"{out}: Hugging Face LlamaForCausalLM ({', '.join(sorted(p.name for p in out.iterdir()))})"
+    )
     return 0
 
 
@@ -205,6 +207,10 @@ def write_tokenizer(tok: dict[str, Any], folder: Path, seq_len: int) -> None:
     else:  # a bare tokenizer.json: name its EOS (and PAD) tokens
         tokens = json.loads((folder / "tokenizer.json").read_text()).get("added_tokens", [])
         by_id = {t["id"]: t["content"] for t in tokens}
-        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": by_id.get(tok["eos_id"]),
-                  "pad_token": by_id.get(tok["pad_id"]), "clean_up_tokenization_spaces": False}  # fmt: skip
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": by_id.get(tok["eos_id"]),
+            "pad_token": by_id.get(tok["pad_id"]),
+            "clean_up_tokenization_spaces": False,
+        }
     write_json(config_file, {**config, "model_max_length": seq_len})

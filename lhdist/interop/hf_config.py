@@ -53,7 +53,9 @@ def read_hf_config(folder: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path} has {key}={hf[key]!r}; lhdist's Llama needs {wanted!r}")
     heads, dim = hf.get("num_attention_heads"), hf.get("hidden_size")
     if not isinstance(heads, int) or not isinstance(dim, int) or heads < 1 or dim % heads:
-        raise ValueError(f"{path}: hidden_size={dim} must be num_attention_heads={heads} x head dim")
+        raise ValueError(
+            f"{path}: hidden_size={dim} must be num_attention_heads={heads} x head dim"
+        )
     head_dim = hf.get("head_dim") or dim // heads
     if head_dim * heads != dim:
         raise ValueError(
@@ -79,7 +81,9 @@ def rope_of(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     # transformers' defaults: original context = max_position_embeddings, factor from their ratio
     params.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
     if params.get("factor") is None and rope_type == "yarn":
-        params["factor"] = hf["max_position_embeddings"] / params["original_max_position_embeddings"]
+        params["factor"] = (
+            hf["max_position_embeddings"] / params["original_max_position_embeddings"]
+        )
     return theta, {"rope_type": rope_type, **params}
 
 

@@ -57,7 +57,9 @@ def check_init_from(cfg: Any) -> HFInit:
             )
     tied_head = hf_name("output.weight") if cfg.model.tie_embeddings else None
     extra = [
-        n for n in tensors if n not in wanted and n != tied_head and not n.endswith(IGNORED_SUFFIXES)
+        n
+        for n in tensors
+        if n not in wanted and n != tied_head and not n.endswith(IGNORED_SUFFIXES)
     ]
     if extra:
         raise ValueError(f"{where}: tensor {extra[0]} is not part of a Llama of these dims")

@@ -46,13 +46,17 @@ def hf_name(name: str) -> str:
 def interleaved_to_half(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     """wq/wk rows [heads*D, dim] from lhdist's pair order to transformers' half order."""
     rows, cols = weight.shape
-    return weight.view(num_heads, rows // num_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    return (
+        weight.view(num_heads, rows // num_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    )
 
 
 def half_to_interleaved(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
     """The inverse of `interleaved_to_half`."""
     rows, cols = weight.shape
-    return weight.view(num_heads, 2, rows // num_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+    return (
+        weight.view(num_heads, 2, rows // num_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+    )
 
 
 def heads_of(name: str, model) -> int | None:

@@ -25,9 +25,7 @@ def safetensors_module():
     return safetensors
 
 
-def shard_plan(
-    sizes: dict[str, int], max_shard_bytes: int
-) -> list[list[str]]:
+def shard_plan(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
     """Names in order, cut into consecutive groups of at most `max_shard_bytes` (a tensor
     larger than that gets a shard of its own)."""
     shards: list[list[str]] = [[]]

@@ -159,8 +159,8 @@ def run(
     if hf_init is not None:
         logger.event("init_from", 0, path=str(hf_init.folder), rope_changed=hf_init.notes)
     if tokenizer_kept is None:
-        logger.event("tokenizer_not_kept", start_step, reason=f"dataset {dataset.path} holds no "
-                     "tokenizer/ folder (prepared before lhdist kept one, or not by lhdist)")  # fmt: skip
+        reason = f"dataset {dataset.path} has no tokenizer/ (from an older lhdist or another tool)"
+        logger.event("tokenizer_not_kept", start_step, reason=reason)
     if heldout is None and cfg.eval.batches > 0:
         logger.event("eval_skipped", start_step, reason=f"no held-out data for {cfg.data.path} "
                      "(set data.val_path, or prepare with --val-fraction)")  # fmt: skip

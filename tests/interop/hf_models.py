@@ -36,7 +36,8 @@ def transformers_or_skip():
 def lhdist_config(heads, kv_heads, tied, scaling, *extra):
     """A resolved single-process config of a 2-layer, dim-64 Llama."""
     flags = ["--model.dim=64", "--model.num_layers=2", f"--model.num_heads={heads}",
-             f"--model.num_kv_heads={kv_heads}", "--model.ffn_dim=96", f"--model.vocab_size={VOCAB}",
+             f"--model.num_kv_heads={kv_heads}", "--model.ffn_dim=96",
+             f"--model.vocab_size={VOCAB}",
              f"--model.tie_embeddings={str(tied).lower()}", "--lighthouse.enabled=false",
              "--train.seq_len=64", *extra]  # fmt: skip
     if scaling is not None:
@@ -76,7 +77,7 @@ def random_hf_model(folder: Path, heads, kv_heads, tied, scaling, vocab=VOCAB, s
     )  # fmt: skip
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():  # norms away from 1, so a mapped-wrong norm shows
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(folder)

@@ -44,11 +44,11 @@ def test_hf_model_imported_gives_transformers_logits(tmp_path, _, heads, kv_head
 
 def test_dims_set_without_hf_config_must_match_config_json(tmp_path):
     random_hf_model(tmp_path, 4, 2, False, None)
-    cfg = load_config(None, [f"--checkpoint.init_from={tmp_path}", "--model.dim=64",
-                             "--model.num_layers=2", "--model.num_heads=4", "--model.num_kv_heads=2",
-                             "--model.ffn_dim=128", "--model.vocab_size=320",
-                             "--model.tie_embeddings=false", "--model.norm_eps=1e-5",
-                             "--lighthouse.enabled=false"], world_size=1)  # fmt: skip
+    flags = [f"--checkpoint.init_from={tmp_path}", "--model.dim=64", "--model.num_layers=2",
+             "--model.num_heads=4", "--model.num_kv_heads=2", "--model.ffn_dim=128",
+             "--model.vocab_size=320", "--model.tie_embeddings=false", "--model.norm_eps=1e-5",
+             "--lighthouse.enabled=false"]  # fmt: skip
+    cfg = load_config(None, flags, world_size=1)
     with pytest.raises(ValueError, match=r"model.ffn_dim=128 vs intermediate_size=96"):
         check_init_from(cfg)
     cfg.model.ffn_dim = 96
@@ -102,9 +102,9 @@ def test_bad_hf_folder_fails_train_with_one_line_and_exit_2(tmp_path, capsys, ca
     capsys.readouterr()  # transformers' own progress lines
     run_dir = tmp_path / "run"
     code = main(["train", f"--model.hf_config={folder}", f"--checkpoint.init_from={folder}",
-                 "--lighthouse.enabled=false", "--train.seq_len=512", "--train.steps=1", "--train.stage1_steps=0",
-                 "--train.engine=torch", f"--train.run_dir={run_dir}", "--eval.final=false",
-                 "--eval.batches=0"])  # fmt: skip
+                 "--lighthouse.enabled=false", "--train.seq_len=512", "--train.steps=1",
+                 "--train.stage1_steps=0", "--train.engine=torch", f"--train.run_dir={run_dir}",
+                 "--eval.final=false", "--eval.batches=0"])  # fmt: skip
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
     assert message in lines[0], lines[0]
@@ -133,15 +133,18 @@ def test_training_starts_from_the_hf_weights(tmp_path):
 
     random_hf_model(tmp_path / "hf", 4, 2, False, None)
     reference, _ = lhdist_from_hf(tmp_path / "hf")
-    cfg = load_config(None, [f"--model.hf_config={tmp_path / 'hf'}",
-                             f"--checkpoint.init_from={tmp_path / 'hf'}", "--lighthouse.enabled=false",
-                             "--train.seq_len=512", "--train.steps=1", "--train.stage1_steps=0", "--train.engine=torch",
-                             "--optim.lr=1e-30", "--optim.warmup_steps=0",
-                             f"--train.run_dir={tmp_path / 'run'}", "--eval.final=false",
-                             "--eval.batches=0", "--train.tensorboard=false"], world_size=1)  # fmt: skip
+    hf = tmp_path / "hf"
+    flags = [f"--model.hf_config={hf}", f"--checkpoint.init_from={hf}",
+             "--lighthouse.enabled=false", "--train.seq_len=512", "--train.steps=1",
+             "--train.stage1_steps=0", "--train.engine=torch", "--optim.lr=1e-30",
+             "--optim.warmup_steps=0", f"--train.run_dir={tmp_path / 'run'}",
+             "--eval.final=false", "--eval.batches=0", "--train.tensorboard=false"]  # fmt: skip
+    cfg = load_config(None, flags, world_size=1)
     train(cfg)
     model, _ = load_checkpoint_model(tmp_path / "run/checkpoints/step_00000001", "cpu")
     for (name, got), want in zip(model.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=name)
-    events = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
     assert any(e.get("event") == "init_from" for e in events)
