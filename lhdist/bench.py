@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "1m": ("bench_1m_job.py", "the 1M-token job: layers and a training step at the job layout"),
     "op": ("profile_op.py", "profile the Lighthouse op's parts"),
     "quality": ("bench_quality.py", "dense vs Lighthouse + resume: seeds, held-out loss, paired"),
+    "deepspeed": ("bench_deepspeed.py", "torch vs DeepSpeed ZeRO 0-3: dtype, loss, speed, memory"),
 }
 
 

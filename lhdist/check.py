@@ -22,8 +22,9 @@ from lhdist.ops.spec import LighthouseSpec
 GIB = 2**30
 FP32 = 4
 INDEX = 8  # int64 selection indices
-# DeepSpeed's default gradient reduce bucket (elements) for ZeRO-2 (allocated up to the model size).
-ZERO2_BUCKET = 500_000_000
+# DeepSpeed's default gradient reduce bucket (elements). ZeRO 1-3 allocate it whole (fp32) at
+# every backward, whatever the model's size; the engine caps it at the parameter count.
+REDUCE_BUCKET = 500_000_000
 # DeepSpeed's default ZeRO-3 parameter prefetch bucket (elements).
 ZERO3_PREFETCH = 50_000_000
 
@@ -32,8 +33,7 @@ def compute_bytes(cfg: Config, device_type: str) -> int:
     """Bytes of an activation element: 2 under bf16 autocast (GPU by default), else 4.
 
     Mirrors the loop: parameters stay fp32 in both cases; autocast casts matmul inputs."""
-    bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device_type == "cuda")
-    return 2 if bf16 else 4
+    return 2 if cfg.bf16_compute(device_type) else 4
 
 
 def device_type_of(cfg: Config, default: str) -> str:
@@ -83,30 +83,34 @@ class MemoryEstimate:
         return max(self.peak_at(stage) for stage in self.activations)
 
 
+def reduce_bucket_elements(cfg: Config) -> int:
+    """The DeepSpeed engine's `reduce_bucket_size`: DeepSpeed's default, capped at the model's
+    parameter count (a bucket larger than every gradient together only wastes memory)."""
+    return min(REDUCE_BUCKET, param_count(cfg))
+
+
 def state_bytes(cfg: Config, world_size: int) -> tuple[int, int, int, str]:
     """(parameters, gradients, optimizer state) bytes per rank and how they are split.
 
-    Parameters and gradients are fp32 in both engines (bf16 is autocast, not bf16 weights);
-    AdamW keeps m and v in fp32; DeepSpeed ZeRO-1/2/3 also keeps an fp32 master partition and
-    partitions over all dp x cp ranks (the gradient group)."""
+    Parameters and gradients are fp32 in both engines (bf16 is autocast, also under DeepSpeed's
+    `torch_autocast`, not bf16 weights); AdamW keeps m and v in fp32. DeepSpeed ZeRO 1-3, from
+    its source (0.19.8): an fp32 master copy + m + v of each rank's partition (over the dp x cp
+    gradient group); an fp32 contiguous reduce bucket allocated at every backward, into which
+    the parameters' gradients are copied; ZeRO-2 and 3 also keep the rank's fp32 gradient
+    partition; ZeRO-3 holds a parameter partition plus the gathered (prefetched) weights."""
     n, w, t = param_count(cfg), world_size, cfg.train
-    if t.engine == "deepspeed" and t.zero_stage > 0 and w == 1:
-        return (
-            FP32 * n,
-            FP32 * n,
-            3 * FP32 * n,
-            f"ZeRO-{t.zero_stage} on one rank (no partitioning)",
-        )
     if t.engine == "torch" or t.zero_stage == 0:
         return FP32 * n, FP32 * n, 2 * FP32 * n, f"{t.engine}: replicated AdamW (m, v)"
     optimizer = 3 * FP32 * n // w  # fp32 master + m + v, partitioned
+    bucket = FP32 * reduce_bucket_elements(cfg)
     if t.zero_stage == 1:
-        return FP32 * n, FP32 * n, optimizer, f"ZeRO-1 over {w} ranks"
+        return FP32 * n, bucket, optimizer, f"ZeRO-1 over {w} rank(s) (+ reduce bucket)"
     if t.zero_stage == 2:
-        grads = FP32 * n // w + FP32 * min(n, ZERO2_BUCKET)
-        return FP32 * n, grads, optimizer, f"ZeRO-2 over {w} ranks (+ reduce bucket)"
+        grads = FP32 * n // w + bucket
+        return FP32 * n, grads, optimizer, f"ZeRO-2 over {w} rank(s) (+ reduce bucket)"
     params = FP32 * n // w + FP32 * min(n, ZERO3_PREFETCH)
-    return params, FP32 * n // w, optimizer, f"ZeRO-3 over {w} ranks (+ prefetch bucket)"
+    grads = FP32 * n // w + bucket
+    return params, grads, optimizer, f"ZeRO-3 over {w} rank(s) (+ prefetch, reduce buckets)"
 
 
 def _linear_inputs(cfg: Config, a: int, consumers: int) -> int:

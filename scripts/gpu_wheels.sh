@@ -4,6 +4,7 @@
 # wheels of what lhdist needs beyond that into .whl/, to be carried there and installed with
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 #   export PYTHONPATH=/tmp/site:$PWD
+# For work longer than one 10-minute call, scripts/gpu_job.sh runs it detached.
 # Usage: bash scripts/gpu_wheels.sh [--deepspeed]   (run where pip reaches PyPI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +16,8 @@ download() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp "${plat[@]}" -d .whl "$@"
 }
-# mosaicml-streaming's MDS writer, local reader and hashing import these compressors.
-download mosaicml-streaming==0.13.0 zstd python-snappy cramjam Brotli
+# mosaicml-streaming imports catalogue at import time, and these compressors for MDS shards.
+download mosaicml-streaming==0.13.0 catalogue zstd python-snappy cramjam Brotli
 if [[ "${1:-}" == "--deepspeed" ]]; then
   # DeepSpeed's sdist builds a py3-none-any wheel with no compiled ops.
   (cd .whl && DS_BUILD_OPS=0 python3 -m pip wheel -q deepspeed==0.19.8 --no-deps --no-build-isolation)

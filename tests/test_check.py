@@ -19,6 +19,7 @@ SHIPPED = [
     ("configs/llama_1b_lh-l3p4k2048_cp8dp4_1m.yaml", 32),
     ("configs/llama_1b_lh-l3p4k2048_cp32_1m.yaml", 32),
     ("configs/quality_32k_25m.yaml", 1),
+    ("configs/quality_98k_25m.yaml", 1),
     ("configs/paper_530m_98k_recipe.yaml", 8),
     # checkpoint.init_from names an HF folder that only the training run reads
     ("configs/llama3.2_1b_cpt-hf_128k_lh-l3p4k2048_cp2dp4.yaml", 8),

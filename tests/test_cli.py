@@ -38,7 +38,7 @@ def test_cli_lists_commands_and_rejects_unknown():
 def test_cli_train_help_lists_every_key_with_docs():
     out = lhdist("train", "--help")
     assert out.returncode == 0
-    assert "--train.stage1_steps=300" in out.stdout and "--lighthouse.topk=128" in out.stdout
+    assert "--train.stage1_steps=250" in out.stdout and "--lighthouse.topk=128" in out.stdout
 
 
 def test_cli_train_short_run_writes_config_metrics_checkpoint(tmp_path):
@@ -54,6 +54,7 @@ def test_cli_train_short_run_writes_config_metrics_checkpoint(tmp_path):
     assert events == [
         "start",
         None,
+        "compute_dtype",
         "stage_switch",
         None,
         "eval",
@@ -61,6 +62,8 @@ def test_cli_train_short_run_writes_config_metrics_checkpoint(tmp_path):
         "done",
         "eval_final",
     ]
+    probe = json.loads(lines[events.index("compute_dtype")])
+    assert probe["dtype"] == "float32"  # train.dtype auto on CPU
 
 
 def test_cli_train_unknown_key_stops_with_valid_keys(tmp_path):

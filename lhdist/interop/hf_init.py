@@ -4,6 +4,7 @@ name and shape from the file headers); the weights are read into the built model
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 
 from lhdist.interop.hf_config import check_model_matches, read_hf_config
-from lhdist.interop.llama_keys import from_hf_state, hf_name, to_hf_state
+from lhdist.interop.llama_keys import from_hf_tensor, hf_name, to_hf_state
 from lhdist.interop.safetensors_io import SafetensorsFolder
 
 # Buffers some older checkpoints saved; transformers recomputes them, so does lhdist.
@@ -28,12 +29,23 @@ class HFInit:
     """RoPE settings in which the run differs from the checkpoint (a context extension)."""
 
     def load_into(self, model: torch.nn.Module) -> None:
-        """Copy the weights into `model` (lhdist Transformer), in its dtype and on its device."""
-        args = model.args
-        state = model.state_dict()
+        """Copy the weights into `model` (lhdist Transformer), in its dtype and on its device;
+        a model built under DeepSpeed ZeRO-3 is filled one gathered parameter at a time."""
+        # named_parameters lists a tied output.weight once, as tok_embeddings.weight.
         with torch.no_grad():
-            for name, tensor in from_hf_state(self.tensors, args, list(state)).items():
-                state[name].copy_(tensor)
+            for name, p in model.named_parameters():  # one tensor in memory at a time
+                tensor = from_hf_tensor(self.tensors, model.args, name)
+                with gathered(p):
+                    p.copy_(tensor)
+
+
+def gathered(p: torch.nn.Parameter):
+    """The whole parameter for the duration (rank 0's writes kept), for a ZeRO-3 partition."""
+    if not hasattr(p, "ds_id"):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([p], modifier_rank=0)
 
 
 def check_init_from(cfg: Any) -> HFInit:

@@ -80,19 +80,14 @@ def to_hf_state(state: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor
     return out
 
 
-def from_hf_state(
-    hf_state: dict[str, torch.Tensor], model, names: list[str]
-) -> dict[str, torch.Tensor]:
-    """lhdist's tensors `names` from transformers' `hf_state` (ValueError naming a missing one).
-    Tied: output.weight is the embedding (an lm_head in the file, if any, is not read)."""
-    out = {}
-    for name in names:
-        source = hf_name(name)
-        if name == "output.weight" and model.tie_embeddings:
-            source = GLOBAL_KEYS["tok_embeddings.weight"]
-        if source not in hf_state:
-            raise ValueError(f"{source} (lhdist {name}) is missing from the Hugging Face weights")
-        tensor = hf_state[source]
-        heads = heads_of(name, model)
-        out[name] = half_to_interleaved(tensor, heads) if heads else tensor
-    return out
+def from_hf_tensor(hf_state, model, name: str) -> torch.Tensor:
+    """lhdist's tensor `name` from transformers' `hf_state` (a mapping; ValueError when it lacks
+    the tensor). Tied: output.weight is the embedding (an lm_head in the file is not read)."""
+    source = hf_name(name)
+    if name == "output.weight" and model.tie_embeddings:
+        source = GLOBAL_KEYS["tok_embeddings.weight"]
+    if source not in hf_state:
+        raise ValueError(f"{source} (lhdist {name}) is missing from the Hugging Face weights")
+    tensor = hf_state[source]
+    heads = heads_of(name, model)
+    return half_to_interleaved(tensor, heads) if heads else tensor

@@ -101,16 +101,21 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        std = self.args.init_std
-        # Residual-branch outputs shrink with depth so the residual stream's variance stays O(1).
-        residual_std = std / math.sqrt(2 * self.args.num_layers)
         for name, p in self.named_parameters():
-            if p.dim() == 1:
-                nn.init.ones_(p)
-            elif name.endswith(("wo.weight", "w2.weight")):
-                nn.init.normal_(p, std=residual_std)
-            else:
-                nn.init.normal_(p, std=std)
+            self.init_parameter(name, p)
+
+    @torch.no_grad()
+    def init_parameter(self, name: str, p: torch.Tensor) -> None:
+        """Initialise one parameter in place (reset_parameters' order fixes the RNG stream; a
+        ZeRO-3 build calls this on each gathered parameter in that order)."""
+        std = self.args.init_std
+        if p.dim() == 1:
+            nn.init.ones_(p)
+        elif name.endswith(("wo.weight", "w2.weight")):
+            # Residual-branch outputs shrink with depth: the residual stream keeps O(1) variance.
+            nn.init.normal_(p, std=std / math.sqrt(2 * self.args.num_layers))
+        else:
+            nn.init.normal_(p, std=std)
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The final normed hidden state [B, N, dim]: what the output projection reads."""

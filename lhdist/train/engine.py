@@ -7,6 +7,7 @@ of one global mean (local token losses / global token count), so the shares add 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lhdist.check import reduce_bucket_elements
 from lhdist.config import Config
 from lhdist.train.schedule import lr_factor
 
@@ -44,9 +46,11 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """AdamW; matrices decay, norms (1-D) do not."""
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
+    # A ZeRO-3 partitioned parameter is an empty 1-D tensor; ds_shape is its real shape.
+    matrix = [len(getattr(p, "ds_shape", p.shape)) >= 2 for p in params]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p, m in zip(params, matrix) if m], "weight_decay": o.weight_decay},
+        {"params": [p for p, m in zip(params, matrix) if not m], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
@@ -56,6 +60,15 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     # LambdaLR's counter is 0 before the first step; optimizer step s uses lr_factor(s).
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i + 1, cfg))
+
+
+def check_engine_available(cfg: Config) -> None:
+    """ValueError before any process group starts when the configured engine cannot be built."""
+    if cfg.train.engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            "train.engine=deepspeed but DeepSpeed is not installed: `pip install deepspeed` "
+            "(DS_BUILD_OPS=0 is enough; nothing is JIT-built), or set train.engine=torch"
+        )
 
 
 def build_engine(model: nn.Module, cfg: Config, dims: Any) -> Engine:
@@ -176,33 +189,61 @@ def skip_cpu_shm_build() -> None:
     ds_torch_comm.build_shm_op = lambda: None
 
 
+def deepspeed_config(cfg: Config, device_type: str) -> dict[str, Any]:
+    """The DeepSpeed config of `cfg` (also what zero.Init partitions the model with)."""
+    t = cfg.train
+    ds_config = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum_steps,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {
+            "stage": t.zero_stage,
+            # DeepSpeed allocates the whole bucket (default 5e8 fp32 elements, 1.9 GiB) at every
+            # backward; past the model's size it holds nothing.
+            "reduce_bucket_size": reduce_bucket_elements(cfg),
+        },
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg.bf16_compute(device_type):
+        ds_config["torch_autocast"] = autocast_section()
+    return ds_config
+
+
+def autocast_section() -> dict[str, Any]:
+    """DeepSpeed's `torch_autocast` config: its forward runs under bf16 autocast like the torch
+    engine's (without it DeepSpeed turns the loop's autocast off and the forward runs in fp32).
+    Weights, gradients, master copy and AdamW state stay fp32. No module is marked "lower
+    precision safe", so ZeRO reduces gradients (and ZeRO-3 gathers weights) in fp32, as the torch
+    engine does; DeepSpeed's default would reduce nn.Linear gradients in bf16."""
+    return {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+
+
+def import_deepspeed(device_type: str) -> Any:
+    """The deepspeed module, set up for `device_type` (cpu or cuda)."""
+    if device_type == "cpu":
+        # Name the accelerator instead of letting DeepSpeed warn that it found no GPU.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if device_type == "cpu":
+        skip_cpu_shm_build()
+    return deepspeed
+
+
 class DeepSpeedEngine:
     """DeepSpeed ZeRO 0-3 with a torch AdamW (no JIT-built fused Adam)."""
 
     def __init__(self, model, optimizer, scheduler, cfg: Config, dims: Any) -> None:
         device = next(model.parameters()).device
-        if device.type == "cpu":
-            # Name the accelerator instead of letting DeepSpeed warn that it found no GPU.
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        import deepspeed
-
-        if device.type == "cpu":
-            skip_cpu_shm_build()
+        deepspeed = import_deepspeed(device.type)
         t = cfg.train
-        ds_config = {
-            "train_micro_batch_size_per_gpu": t.micro_batch_size,
-            "gradient_accumulation_steps": t.grad_accum_steps,
-            "gradient_clipping": cfg.optim.grad_clip,
-            "zero_optimization": {"stage": t.zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "steps_per_print": 10**9,
-            "wall_clock_breakdown": False,
-        }
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
             lr_scheduler=scheduler,
-            config=ds_config,
+            config=deepspeed_config(cfg, device.type),
             mpu=GradGroupMPU(dims.grad_group),
             dist_init_required=False,
         )

@@ -13,7 +13,6 @@ import torch.distributed as dist
 from lhdist.check import job_preflight
 from lhdist.config import Config
 from lhdist.eval.heldout import build_heldout_eval, check_heldout_size
-from lhdist.model import build_model
 from lhdist.parallel import (
     ParallelDims,
     destroy_distributed,
@@ -24,10 +23,11 @@ from lhdist.parallel import (
 from lhdist.parallel.parallelize import lighthouse_spec, parallelize_model
 from lhdist.train import checkpoint as ckpt
 from lhdist.train.data import build_dataloader, val_dataset_path, validate_dataset
-from lhdist.train.engine import build_engine
+from lhdist.train.engine import build_engine, check_engine_available
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
-from lhdist.train.metrics import MetricsLogger, memory_gib
+from lhdist.train.metrics import ComputeDtypeProbe, MetricsLogger, memory_gib
+from lhdist.train.partitioned_init import build_train_model
 from lhdist.train.schedule import stage_at
 from lhdist.train.tokenizer_files import keep_run_tokenizer
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
@@ -40,6 +40,7 @@ def train(cfg: Config) -> dict[str, Any]:
     # validated at load time; here the dataset (every shard present, sizes and hashes).
     is_rank0 = (dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))) == 0
     job_preflight(cfg, is_rank0)  # `lhdist check` for this job's world: layout, memory, traffic
+    check_engine_available(cfg)
     # Hashing is rank 0's job: N ranks reading a multi-TB dataset N times would stall the start.
     dataset = validate_dataset(
         cfg.data.path or None,
@@ -88,7 +89,6 @@ def run(
         # Share the cores among the processes of this machine (torchrun sets LOCAL_WORLD_SIZE).
         local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // local_procs))
-    use_bf16 = t.dtype == "bf16" or (t.dtype == "auto" and device.type == "cuda")
     run_dir = Path(t.run_dir)
     tokenizer_kept: str | None = "not rank 0"
     if is_rank0:
@@ -98,9 +98,9 @@ def run(
         ckpt.remove_partial(cfg.checkpoint_dir())
 
     # Model, attention per layer, optimizer. Same seed on every rank -> same initial weights.
-    model = build_model(cfg.model, seed=t.seed, device=device)
-    if hf_init is not None:  # before the engine: DeepSpeed ZeRO-3 partitions what it is given
-        hf_init.load_into(model)
+    model = build_train_model(cfg, dims, device)  # ZeRO-3: partitioned as it is built
+    if hf_init is not None:
+        hf_init.load_into(model)  # before the engine; ZeRO-3: one gathered parameter at a time
     router = parallelize_model(model, dims, cfg)
     engine = build_engine(model, cfg, dims)
 
@@ -126,7 +126,7 @@ def run(
     def forward(input_ids, labels):
         # The model sums the token losses itself, a chunk of logits at a time: the full
         # [tokens, vocab] logits, their fp32 copy and gradient never exist.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with compute_context(cfg, device):
             return engine(
                 input_ids, positions, labels=labels, loss_chunk_tokens=t.loss_chunk_tokens
             )
@@ -154,7 +154,8 @@ def run(
             engine=t.engine,
             zero_stage=t.zero_stage,
             device=device.type,
-            params=sum(p.numel() for p in model.parameters()),
+            # ZeRO-3 leaves each parameter a partition; ds_numel is its whole size.
+            params=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         )
     if hf_init is not None:
         logger.event("init_from", 0, path=str(hf_init.folder), rope_changed=hf_init.notes)
@@ -168,6 +169,7 @@ def run(
     lh_stats = lighthouse_stats(cfg)
     router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
     batches = iter(loader)
+    dtype_probe = ComputeDtypeProbe(model)
     loss_value, run_start, tokens_seen = float("nan"), time.perf_counter(), 0
 
     for step in range(start_step + 1, t.steps + 1):
@@ -228,6 +230,8 @@ def run(
             )
             show = step % t.log_every == 0 or step == t.steps or step == start_step + 1
             logger.step(record, show)
+            if step == start_step + 1:
+                logger.event("compute_dtype", step, dtype=dtype_probe.dtype)
 
         if heldout is not None and heldout.due(step):
             set_phase("eval", step)
@@ -259,6 +263,12 @@ def run(
 
 
 # --- helpers (each used once above; kept out of the loop so it reads straight) -------------------
+
+
+def compute_context(cfg: Config, device: torch.device) -> torch.autocast:
+    """The autocast every forward runs under: bf16 when `train.dtype` resolves to it on `device`
+    (the DeepSpeed engine re-enters the same one through its `torch_autocast` config)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16_compute(device.type))
 
 
 def local_shard(
@@ -293,9 +303,11 @@ def heldout_dataset(cfg: Config, is_rank0: bool) -> Any:
 
 def use_deterministic_kernels() -> None:
     """train.deterministic: cuBLAS's fixed-workspace mode (set before its first use) and torch's
-    deterministic algorithms; ops without a deterministic kernel warn instead of failing."""
+    deterministic algorithms, strict: with warn_only, cuDNN's attention backward keeps its
+    non-deterministic algorithm (measured on an H200: reruns differed from step 2), and an op
+    with no deterministic kernel should stop the run rather than quietly break the promise."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 

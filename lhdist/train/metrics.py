@@ -14,6 +14,20 @@ import torch
 JSONL = "metrics.jsonl"
 
 
+class ComputeDtypeProbe:
+    """The dtype the first nn.Linear of `model` computed in at its first forward (bf16 when
+    autocast reached the engine's forward, fp32 when something turned it off); then detaches."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.dtype: str | None = None
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        self.handle = linear.register_forward_hook(self.record)
+
+    def record(self, module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+        self.dtype = str(out.dtype).removeprefix("torch.")
+        self.handle.remove()
+
+
 def memory_gib(device: torch.device) -> float:
     """Peak memory of this process: CUDA allocator peak, or peak RSS on CPU."""
     if device.type == "cuda":

@@ -148,3 +148,29 @@ def test_training_starts_from_the_hf_weights(tmp_path):
         json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
     ]
     assert any(e.get("event") == "init_from" for e in events)
+
+
+def _train_worker(rank, world_size, flags):
+    from lhdist.train.loop import train
+
+    train(load_config(None, flags, world_size=world_size))
+
+
+def test_zero3_run_starts_from_the_hf_weights(tmp_path):
+    """ZeRO-3 builds the model partitioned; init_from fills it one gathered parameter at a time."""
+    pytest.importorskip("deepspeed")
+    from lhdist.eval.checkpoint_model import load_checkpoint_model
+    from tests.multiprocess import run_ranks
+
+    hf = tmp_path / "hf"
+    random_hf_model(hf, 4, 2, True, None)
+    reference, _ = lhdist_from_hf(hf)
+    flags = [f"--model.hf_config={hf}", f"--checkpoint.init_from={hf}",
+             "--lighthouse.enabled=false", "--train.seq_len=512", "--train.steps=1",
+             "--train.stage1_steps=0", "--train.engine=deepspeed", "--train.zero_stage=3",
+             "--optim.lr=1e-30", "--optim.warmup_steps=0", f"--train.run_dir={tmp_path / 'run'}",
+             "--eval.final=false", "--eval.batches=0", "--train.tensorboard=false"]  # fmt: skip
+    run_ranks(_train_worker, 2, tmp_path, flags, timeout_s=180)
+    model, _ = load_checkpoint_model(tmp_path / "run/checkpoints/step_00000001", "cpu")
+    for (name, got), want in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=name)

@@ -1,0 +1,288 @@
+"""DeepSpeed ZeRO 0-3 against the torch engine on this device: dtype, losses, speed, memory.
+
+    python benchmarks/bench_deepspeed.py --name h200            # 25M model at 32K, 50 steps
+    python benchmarks/bench_deepspeed.py --name cpu --config configs/tiny_cpu.yaml \
+        --seq-len 512 --steps 6 --set model.num_layers=2
+
+Every run is one `python -m lhdist.train` process (world size 1: the loop makes a one-rank
+process group with an in-memory store) with the same seed and data order; only the engine and
+ZeRO stage differ. Per stage: the compute dtype the forward measured (`compute_dtype` event),
+the largest per-step loss difference from the torch run, tokens/s after `--warmup-steps`
+(torch's beside it), the measured peak memory (CUDA allocator peak; peak RSS on CPU) and
+`lhdist check`'s estimate for that engine and stage. Resume check (`--resume-stages`): a
+deterministic run of `--resume-steps` steps that checkpoints halfway, then a second run that
+resumes from that checkpoint; `resume_exact` says whether every resumed loss equals the
+uninterrupted one. Writes benchmarks/results/<date>_deepspeed_<name>.json after every run, so
+a failure keeps what finished; a failed or timed-out run exits 1 with its log's tail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, environment, write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "configs" / "quality_32k_25m.yaml"
+GIB = 2**30
+# Lines of a run's output echoed to the console (the rest goes to its log.txt only).
+ECHO = ("step ", "[start]", "[done]", "[resume]", "[checkpoint]", "[compute_dtype]", "lhdist")
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--name", required=True, help="results file: <date>_deepspeed_<name>.json")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="base YAML of every run")
+    ap.add_argument("--steps", type=int, default=50, help="steps of each run (all Lighthouse)")
+    ap.add_argument("--seq-len", type=int, default=32768, help="train.seq_len")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, all runs")
+    ap.add_argument("--stages", type=int, nargs="*", default=[0, 1, 2, 3], help="ZeRO stages")
+    ap.add_argument("--resume-stages", type=int, nargs="*", default=[1, 3], help="ZeRO stages")
+    ap.add_argument("--resume-steps", type=int, default=10, help="steps of a resume check")
+    ap.add_argument("--warmup-steps", type=int, default=5, help="steps left out of tokens/s")
+    ap.add_argument("--run-timeout-s", type=float, default=600.0, help="kill a run after this")
+    ap.add_argument("--work-dir", default="runs/bench_deepspeed", help="run directories")
+    ap.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the results JSON goes")
+    ap.add_argument("--python", default=sys.executable, help="interpreter of the runs")
+    args = ap.parse_args(argv)
+    for stage in [*args.stages, *args.resume_stages]:
+        if not 0 <= stage <= 3:
+            ap.error(f"ZeRO stage {stage} must be 0, 1, 2 or 3")
+    if args.steps <= args.warmup_steps:
+        ap.error(f"--steps {args.steps} must exceed --warmup-steps {args.warmup_steps}")
+    if args.resume_stages and (args.resume_steps < 2 or args.resume_steps % 2):
+        ap.error(f"--resume-steps {args.resume_steps} must be even and >= 2 (resumes halfway)")
+    for item in args.set:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            ap.error(f"override {item!r} must be section.key=value")
+    return args
+
+
+# --- runs -----------------------------------------------------------------------------------------
+
+
+def base_overrides(args, steps: int) -> list[str]:
+    """section.key=value of every run: the bench's size, no evals, Lighthouse for every step."""
+    return [
+        f"train.seq_len={args.seq_len}",
+        f"train.steps={steps}",
+        f"train.stage1_steps={steps}",
+        "train.log_every=10",
+        "train.tensorboard=false",
+        "eval.batches=0",
+        "eval.final=false",
+        "checkpoint.enabled=false",
+        *args.set,
+    ]
+
+
+def engine_overrides(stage: int | None) -> list[str]:
+    """None: the torch engine; else DeepSpeed at that ZeRO stage."""
+    if stage is None:
+        return ["train.engine=torch"]
+    return ["train.engine=deepspeed", f"train.zero_stage={stage}"]
+
+
+def train_command(args, overrides: list[str], run_dir: Path) -> list[str]:
+    cmd = [args.python, "-m", "lhdist.train", "--config", args.config]
+    return cmd + [f"--{kv}" for kv in overrides] + [f"--train.run_dir={run_dir}"]
+
+
+def run_logged(cmd: list[str], run_dir: Path, label: str, timeout_s: float) -> None:
+    """Run `cmd`, its output into run_dir/log.txt with progress lines echoed; RunFailed on a
+    non-zero exit or after `timeout_s` (the whole process group is killed: nothing hangs)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    log_path = run_dir / "log.txt"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    print(f"[deepspeed] {label}: {shlex.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        timer = threading.Timer(timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith(ECHO):
+                    print(f"  {label}: {line.rstrip()}", flush=True)
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:  # interrupted: take the run down with us
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    took = time.perf_counter() - start
+    if code != 0:
+        tail = "\n".join(log_path.read_text().splitlines()[-20:])
+        why = f"killed after {timeout_s:.0f} s" if took >= timeout_s else f"exited {code}"
+        raise RunFailed(f"{label} {why} (log: {log_path}):\n{tail}")
+    print(f"[deepspeed] {label}: done in {took:.1f} s", flush=True)
+
+
+def read_metrics(run_dir: Path) -> tuple[dict[int, dict], list[dict]]:
+    """(step -> its last record, events) of a run's metrics.jsonl."""
+    steps, events = {}, []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "event" in record:
+            events.append(record)
+        else:
+            steps[record["step"]] = record
+    return steps, events
+
+
+def summarise_run(run_dir: Path, warmup_steps: int) -> dict[str, Any]:
+    steps, events = read_metrics(run_dir)
+    if not steps:
+        raise RunFailed(f"{run_dir}: no step records in metrics.jsonl")
+    timed = [r for s, r in sorted(steps.items()) if s > warmup_steps] or list(steps.values())
+    dtypes = [e["dtype"] for e in events if e["event"] == "compute_dtype"]
+    return {
+        "losses": {s: r["loss"] for s, r in sorted(steps.items())},
+        "dtype": dtypes[0] if dtypes else None,
+        "tokens_per_s": sum(r["tokens"] for r in timed) / sum(r["step_time_s"] for r in timed),
+        "peak_gib": max(r["memory_gib"] for r in steps.values()),
+    }
+
+
+def max_diff(a: dict[int, float], b: dict[int, float]) -> float:
+    if sorted(a) != sorted(b):
+        raise RunFailed(f"runs logged different steps: {sorted(a)} vs {sorted(b)}")
+    return max(abs(a[s] - b[s]) for s in a)
+
+
+def estimate_gib(args, overrides: list[str], device_type: str) -> float:
+    """`lhdist check`'s peak estimate for this run's config on one rank."""
+    from lhdist.check import estimate_memory, load_for_check
+
+    cfg = load_for_check(args.config, [f"--{kv}" for kv in overrides], world_size=1)
+    return estimate_memory(cfg, device_type).peak / GIB
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+
+def stage_runs(args, payload: dict, save) -> None:
+    """The torch run, then one DeepSpeed run per ZeRO stage, compared with it."""
+    import torch
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    work, base = Path(args.work_dir), base_overrides(args, args.steps)
+    torch_dir = work / "torch"
+    run_logged(train_command(args, base + engine_overrides(None), torch_dir), torch_dir,
+               "torch", args.run_timeout_s)  # fmt: skip
+    reference = summarise_run(torch_dir, args.warmup_steps)
+    payload["torch"] = {
+        "dtype": reference["dtype"],
+        "tokens_per_s": reference["tokens_per_s"],
+        "peak_gib": reference["peak_gib"],
+        "estimate_gib": estimate_gib(args, base + engine_overrides(None), device_type),
+    }
+    save()
+    for stage in args.stages:
+        overrides = base + engine_overrides(stage)
+        run_dir = work / f"zero{stage}"
+        run_logged(train_command(args, overrides, run_dir), run_dir, f"ZeRO-{stage}",
+                   args.run_timeout_s)  # fmt: skip
+        run = summarise_run(run_dir, args.warmup_steps)
+        payload["stages"][str(stage)] = {
+            "dtype": run["dtype"],
+            "max_loss_diff_vs_torch": max_diff(run["losses"], reference["losses"]),
+            "tokens_per_s": run["tokens_per_s"],
+            "torch_tokens_per_s": reference["tokens_per_s"],
+            "peak_gib": run["peak_gib"],
+            "estimate_gib": estimate_gib(args, overrides, device_type),
+        }
+        print(f"[deepspeed] ZeRO-{stage}: {json.dumps(payload['stages'][str(stage)])}", flush=True)
+        save()
+
+
+def resume_runs(args, payload: dict, save) -> None:
+    """Per stage: N deterministic steps checkpointing at N/2, then a run resuming at N/2."""
+    n, half = args.resume_steps, args.resume_steps // 2
+    for stage in args.resume_stages:
+        work = Path(args.work_dir) / f"resume_zero{stage}"
+        overrides = base_overrides(args, n) + engine_overrides(stage) + [
+            "train.deterministic=true", "train.log_every=1",
+        ]  # fmt: skip
+        full_dir, resumed_dir = work / "uninterrupted", work / "resumed"
+        saving = overrides + [
+            "checkpoint.enabled=true", f"checkpoint.every={half}", "checkpoint.keep_last=2",
+            f"checkpoint.dir={full_dir / 'checkpoints'}", "checkpoint.resume=none",
+        ]  # fmt: skip
+        run_logged(train_command(args, saving, full_dir), full_dir, f"ZeRO-{stage} {n} steps",
+                   args.run_timeout_s)  # fmt: skip
+        checkpoint = full_dir / "checkpoints" / f"step_{half:08d}"
+        resuming = overrides + [f"checkpoint.resume={checkpoint}"]
+        run_logged(train_command(args, resuming, resumed_dir), resumed_dir,
+                   f"ZeRO-{stage} resumed at {half}", args.run_timeout_s)  # fmt: skip
+        full, _ = read_metrics(full_dir)
+        resumed, _ = read_metrics(resumed_dir)
+        later = {s: full[s]["loss"] for s in full if s > half}
+        diff = max_diff({s: r["loss"] for s, r in resumed.items()}, later)
+        payload["resume"][str(stage)] = {
+            "steps": n,
+            "resumed_at": half,
+            "resume_exact": diff == 0.0,
+            "max_loss_diff": diff,
+        }
+        print(f"[deepspeed] resume ZeRO-{stage}: {json.dumps(payload['resume'][str(stage)])}",
+              flush=True)  # fmt: skip
+        save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    payload: dict[str, Any] = {
+        "environment": environment(),
+        "config": {
+            "file": args.config,
+            "steps": args.steps,
+            "seq_len": args.seq_len,
+            "set": args.set,
+            "warmup_steps_excluded": args.warmup_steps,
+        },
+        "torch": None,
+        "stages": {},
+        "resume": {},
+    }
+    print(f"[deepspeed] environment: {json.dumps(payload['environment'])}", flush=True)
+    out_dir = Path(args.out_dir)
+
+    def save() -> Path:
+        return write_results(f"deepspeed_{args.name}", payload, out_dir)
+
+    try:
+        stage_runs(args, payload, save)
+        resume_runs(args, payload, save)
+    except RunFailed as error:
+        payload["error"] = str(error)
+        path = save()
+        print(f"[deepspeed] FAILED: {error}\n[deepspeed] partial results: {path}", flush=True)
+        return 1
+    path = save()
+    print(f"[deepspeed] wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
