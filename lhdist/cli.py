@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "long-context eval of a checkpoint: passkey, loss by position",
     ),
+    "export": (
+        "lhdist.interop.export",
+        "main",
+        "a checkpoint as a Hugging Face Llama folder with its tokenizer",
+    ),
 }
 
 
@@ -107,7 +112,10 @@ def data_command(argv: list[str]) -> int:
     prep.add_argument("--out", required=True, help="dataset directory to create")
     prep.add_argument("--seq-len", type=int, required=True, help="train.seq_len it will feed")
     prep.add_argument(
-        "--tokenizer", default=None, help="'bytes' (default) or a Hugging Face tokenizer.json"
+        "--tokenizer",
+        default=None,
+        help="'bytes' (default), a Hugging Face tokenizer.json, or a folder holding one (a model "
+        "folder: its tokenizer_config.json names the EOS token); kept in OUT/tokenizer/",
     )
     prep.add_argument(
         "--ext",

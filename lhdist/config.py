@@ -105,6 +105,13 @@ class ModelConfig:
     """RMSNorm epsilon."""
     init_std: float = 0.02
     """Std of the normal weight init (output projections scaled by 1/sqrt(2*num_layers))."""
+    rope_scaling: dict[str, Any] | None = None
+    """RoPE frequency scaling as in a Hugging Face config.json: {rope_type: llama3, factor,
+    low_freq_factor, high_freq_factor, original_max_position_embeddings} or {rope_type: yarn,
+    factor, original_max_position_embeddings, beta_fast, beta_slow, ...}; None: plain RoPE."""
+    hf_config: str = ""
+    """A Hugging Face Llama folder whose config.json supplies every dim, the vocabulary, norm_eps
+    and (unless set here) the RoPE; dims set here must agree with it."""
 
 
 @dataclass
@@ -283,6 +290,9 @@ class CheckpointConfig:
     """Checkpoint directory; empty: <run_dir>/checkpoints."""
     resume: str = "auto"
     """'auto' (latest in dir, if any), 'none', or a checkpoint path."""
+    init_from: str = ""
+    """A Hugging Face Llama folder (config.json + safetensors) whose weights start a fresh run
+    (ignored when resuming); the model dims must match its config.json."""
 
 
 @dataclass
@@ -397,6 +407,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ValueError as e:
                 errors.append(str(e))
         raise ValueError(f"{key}={value!r} must be {_type_name(tp)}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}={value!r} must be a mapping")
+        return dict(value)
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -516,6 +530,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 def resolve(cfg: Config, world_size: int) -> Config:
     """Fill flavor dims, dp_degree and full_attn_layers in place, then validate. Returns cfg."""
     m = cfg.model
+    if m.hf_config:  # before the flavor: the folder's dims win over the flavor's
+        from lhdist.interop.hf_config import fill_model_from_hf
+
+        fill_model_from_hf(m)
     if m.flavor not in MODEL_FLAVORS:
         raise ValueError(f"model.flavor={m.flavor!r} must be one of {list(MODEL_FLAVORS)}")
     for key, value in MODEL_FLAVORS[m.flavor].items():
@@ -556,6 +574,9 @@ def validate(cfg: Config, world_size: int) -> None:
             f"model.dim={m.dim} must be num_heads={m.num_heads} x an even head dim (RoPE rotates "
             f"pairs)"
         )
+    from lhdist.model.rope_scaling import check_rope_scaling
+
+    check_rope_scaling(m.rope_scaling)
     if p.dp_degree < 1 or p.dp_degree * p.cp_degree != world_size:
         raise ValueError(
             f"parallel.dp_degree={p.dp_degree} x parallel.cp_degree={p.cp_degree} = "

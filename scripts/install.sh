@@ -7,7 +7,8 @@
 #   torch              installed (pinned) only if none is importable; every later pip call is
 #                      constrained to the torch found, and the script checks it is unchanged.
 #   lhdist             editable, with the extras `data` (what streaming's MDS writer and reader
-#                      import) and `tensorboard`; skipped while its build/install-stamp-* matches.
+#                      import), `tensorboard` and `hf` (safetensors, tokenizers: lhdist export and
+#                      checkpoint.init_from); skipped while its build/install-stamp-* matches.
 #   mosaicml-streaming --no-deps: its requirements pull torchvision (hence a CUDA torch) and
 #                      transformers, which lhdist never imports (lhdist.train.data loads only
 #                      the writer and reader submodules).
@@ -22,7 +23,7 @@ PY=${PYTHON:-python3}
 TORCH_SPEC=${LHDIST_TORCH_SPEC:-torch==2.13.0}
 STREAMING_VERSION=${LHDIST_STREAMING_VERSION:-0.13.0}
 DEEPSPEED_VERSION=${LHDIST_DEEPSPEED_VERSION:-0.19.8}
-extras="data,tensorboard"
+extras="data,tensorboard,hf"
 for arg in "$@"; do
   case "$arg" in
     --dev) extras="$extras,dev" ;;

@@ -21,6 +21,8 @@ SHIPPED = [
     ("configs/quality_32k_25m.yaml", 1),
     ("configs/quality_98k_25m.yaml", 1),
     ("configs/paper_530m_98k_recipe.yaml", 8),
+    # checkpoint.init_from names an HF folder that only the training run reads
+    ("configs/llama3.2_1b_cpt-hf_128k_lh-l3p4k2048_cp2dp4.yaml", 8),
 ]
 
 

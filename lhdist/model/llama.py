@@ -119,7 +119,8 @@ class Transformer(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The final normed hidden state [B, N, dim]: what the output projection reads."""
-        cos, sin = rope_angles(positions, self.head_dim, self.args.rope_theta)
+        a = self.args
+        cos, sin = rope_angles(positions, self.head_dim, a.rope_theta, a.rope_scaling)
         h = self.tok_embeddings(input_ids)
         for layer in self.layers:
             h = layer(h, cos, sin, self.attention)

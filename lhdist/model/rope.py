@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from lhdist.model.rope_scaling import inverse_frequencies
 
 
 def rope_angles(
-    positions: torch.Tensor, head_dim: int, theta: float
+    positions: torch.Tensor, head_dim: int, theta: float, scaling: dict[str, Any] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [..., N, head_dim/2] (fp32) for integer `positions` [..., N].
+    """cos and sin [..., N, head_dim/2] (fp32) for integer `positions` [..., N]; `scaling` is a
+    Hugging Face style rope_scaling dict (llama3, yarn; see rope_scaling.py) or None.
 
     Angles are formed in float64: at 1M positions an fp32 product loses whole radians.
     """
-    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64)
-    inv_freq = 1.0 / theta ** (exponents / head_dim)
+    freqs, attention_factor = inverse_frequencies(head_dim, theta, scaling)
+    inv_freq = torch.tensor(freqs, device=positions.device, dtype=torch.float64)
     angles = positions.to(torch.float64)[..., None] * inv_freq
-    return angles.cos().float(), angles.sin().float()
+    # YaRN scales q and k (both rotated by these) by its attention factor.
+    return (angles.cos() * attention_factor).float(), (angles.sin() * attention_factor).float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

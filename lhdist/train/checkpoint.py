@@ -23,6 +23,7 @@ from lhdist.config import Config
 from lhdist.train.agreement import agree, decide_on_rank0
 from lhdist.train.checkpoint_checks import check_model_shape, model_shape, parse_meta
 from lhdist.train.disk import DiskError, as_disk_error, check_free_space, tree_bytes
+from lhdist.train.tokenizer_files import copy_tokenizer_folder
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 TMP_PREFIX = ".tmp-"
@@ -140,6 +141,7 @@ def save_checkpoint(
     def publish() -> None:
         try:
             (tmp / "config.yaml").write_text(cfg.to_yaml())
+            copy_tokenizer_folder(Path(cfg.train.run_dir), tmp)  # what `lhdist export` ships
             meta = {
                 "step": step,
                 "stage": stage,

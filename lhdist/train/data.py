@@ -46,6 +46,7 @@ from lhdist.train.data_checks import (
     temp_owner,
 )
 from lhdist.train.tokenizer import Tokenizer, load_tokenizer
+from lhdist.train.tokenizer_files import TOKENIZER_DIR, save_tokenizer_folder
 
 DEFAULT_EXTENSIONS = (".txt", ".md", ".rst", ".py")
 META_FILE = "lhdist.json"
@@ -206,6 +207,10 @@ def prepare_dataset(
         if val_files:
             _write_split(val_files, tmp / VAL_DIR, tok, seq_len, shard_size_limit, progress,
                          "tokenize held-out", record_files=True)  # fmt: skip
+        # The tokenizer travels with the data, then into runs and checkpoints (and exports).
+        files = getattr(tok, "files", None)
+        if files is not None or tok.name == "bytes":
+            save_tokenizer_folder(files, tmp / TOKENIZER_DIR)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.rename(tmp, out)

@@ -40,6 +40,7 @@ from lhdist.train.numerics import BadStepGuard
 from lhdist.train.partitioned_init import build_train_model
 from lhdist.train.resume import ResumePlan, plan_resume, write_run_file
 from lhdist.train.schedule import stage_at
+from lhdist.train.tokenizer_files import keep_run_tokenizer
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
 
@@ -67,8 +68,8 @@ def train(cfg: Config) -> dict[str, Any]:
         # Files and data, checked by every rank (hashes by rank 0 alone: N ranks reading a
         # multi-TB dataset N times would stall the start); one rank's finding stops all, alike.
         set_phase("check inputs", 0)
-        dataset, val_info = agree(lambda: check_inputs(cfg, is_rank0))
-        return run(cfg, device, dataset, val_info)
+        dataset, val_info, hf_init = agree(lambda: check_inputs(cfg, is_rank0))
+        return run(cfg, device, dataset, val_info, hf_init)
     except BaseException as error:
         cause = stop_watchdog(error)
         if cause is not None:  # another rank's failure: name it, not the collective that saw it
@@ -80,8 +81,9 @@ def train(cfg: Config) -> dict[str, Any]:
             destroy_distributed()
 
 
-def check_inputs(cfg: Config, is_rank0: bool) -> tuple[Any, Any]:
-    """Writable output folders, then the training and held-out datasets (validated)."""
+def check_inputs(cfg: Config, is_rank0: bool) -> tuple[Any, Any, Any]:
+    """Writable output folders, the training and held-out datasets (validated), and the Hugging
+    Face folder of checkpoint.init_from (config.json and tensor headers; no weights yet)."""
     check_writable(cfg.train.run_dir, "train.run_dir")
     if cfg.checkpoint.enabled:
         check_writable(cfg.checkpoint_dir(), "checkpoint.dir")
@@ -94,10 +96,17 @@ def check_inputs(cfg: Config, is_rank0: bool) -> tuple[Any, Any]:
         progress=is_rank0,
         verify_hashes=cfg.data.verify_hashes and is_rank0,
     )
-    return dataset, heldout_dataset(cfg, is_rank0)
+    hf_init = None
+    if cfg.checkpoint.init_from:
+        from lhdist.interop.hf_init import check_init_from
+
+        hf_init = check_init_from(cfg)
+    return dataset, heldout_dataset(cfg, is_rank0), hf_init
 
 
-def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -> dict[str, Any]:
+def run(
+    cfg: Config, device: torch.device, dataset: Any, val_info: Any = None, hf_init: Any = None
+) -> dict[str, Any]:
     t = cfg.train
     rank, world = dist.get_rank(), dist.get_world_size()
     dims = ParallelDims(cfg.parallel.dp_degree, cfg.parallel.cp_degree, world).build_groups()
@@ -108,9 +117,16 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         torch.set_num_threads(t.num_threads or max(1, (os.cpu_count() or 1) // local_procs))
     run_dir = Path(t.run_dir)
     plan = decide_on_rank0(lambda: start_run_dir(cfg))  # resume point, run id, repaired metrics
+    if plan.path is not None:
+        hf_init = None  # a resume continues its checkpoint; init_from only starts a run
+    tokenizer_kept: str | None = "not rank 0"
+    if rank == 0:
+        tokenizer_kept = keep_run_tokenizer(dataset, run_dir)  # checkpoints copy it
 
     # Model, attention per layer, optimizer. Same seed on every rank -> same initial weights.
     model = build_train_model(cfg, dims, device)  # ZeRO-3: partitioned as it is built
+    if hf_init is not None:
+        hf_init.load_into(model)  # before the engine; ZeRO-3: one gathered parameter at a time
     router = parallelize_model(model, dims, cfg)
     engine = build_engine(model, cfg, dims)
 
@@ -169,6 +185,11 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
             # ZeRO-3 leaves each parameter a partition; ds_numel is its whole size.
             params=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
         )
+    if hf_init is not None:
+        logger.event("init_from", 0, path=str(hf_init.folder), rope_changed=hf_init.notes)
+    if tokenizer_kept is None:
+        reason = f"dataset {dataset.path} has no tokenizer/ (from an older lhdist or another tool)"
+        logger.event("tokenizer_not_kept", start_step, reason=reason)
     if heldout is None and cfg.eval.batches > 0:
         logger.event("eval_skipped", start_step, reason=f"no held-out data for {cfg.data.path} "
                      "(set data.val_path, or prepare with --val-fraction)")  # fmt: skip

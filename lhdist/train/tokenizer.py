@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from lhdist.train.tokenizer_files import eos_token_of, tokenizer_files
+
 EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
 
 
@@ -31,6 +33,7 @@ class ByteTokenizer:
     eos_id = 256
     pad_id = 257
     vocab_size = 258
+    files = None  # its tokenizer.json is written, not copied (tokenizer_files.py)
 
     def encode(self, data: bytes | str) -> np.ndarray:
         if isinstance(data, str):
@@ -44,12 +47,14 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face `tokenizers` JSON file (imported lazily: `pip install tokenizers`)."""
+    """A Hugging Face `tokenizers` JSON file, or a folder holding one (the folder's
+    tokenizer_config.json may name the eos_token); imported lazily: `pip install tokenizers`."""
 
     def __init__(self, path: str | Path, eos_token: str | None = None) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} does not exist")
+        self.files = tokenizer_files(path)  # what a dataset made with it keeps
+        if Path(path).is_dir():
+            eos_token = eos_token or eos_token_of(Path(path))
+        path = self.files[0]
         try:
             from tokenizers import Tokenizer as _HFTokenizer
         except ImportError as e:
@@ -80,9 +85,12 @@ class HFTokenizer:
     def decode(self, ids: np.ndarray | list[int]) -> str:
         return self._tok.decode([int(i) for i in ids])
 
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
 
 def load_tokenizer(spec: str | Path | Tokenizer | None = None) -> Tokenizer:
-    """None or "bytes": the byte tokenizer; a path to a `tokenizer.json`: that tokenizer."""
+    """None or "bytes": the byte tokenizer; a `tokenizer.json` or a folder holding one: that."""
     if spec is None or spec == "bytes":
         return ByteTokenizer()
     if isinstance(spec, (str, Path)):

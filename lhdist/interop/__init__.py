@@ -1,0 +1,1 @@
+"""Hugging Face interop: lhdist checkpoints to LlamaForCausalLM folders and back, tokenizer too."""
