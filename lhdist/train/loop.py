@@ -83,7 +83,13 @@ def train(cfg: Config) -> dict[str, Any]:
 
 def check_inputs(cfg: Config, is_rank0: bool) -> tuple[Any, Any, Any]:
     """Writable output folders, the training and held-out datasets (validated), and the Hugging
-    Face folder of checkpoint.init_from (config.json and tensor headers; no weights yet)."""
+    Face folder of checkpoint.init_from (config.json and tensor headers; no weights yet), which
+    goes first: a bad folder leaves no run or checkpoint directory behind."""
+    hf_init = None
+    if cfg.checkpoint.init_from:
+        from lhdist.interop.hf_init import check_init_from
+
+        hf_init = check_init_from(cfg)
     check_writable(cfg.train.run_dir, "train.run_dir")
     if cfg.checkpoint.enabled:
         check_writable(cfg.checkpoint_dir(), "checkpoint.dir")
@@ -96,11 +102,6 @@ def check_inputs(cfg: Config, is_rank0: bool) -> tuple[Any, Any, Any]:
         progress=is_rank0,
         verify_hashes=cfg.data.verify_hashes and is_rank0,
     )
-    hf_init = None
-    if cfg.checkpoint.init_from:
-        from lhdist.interop.hf_init import check_init_from
-
-        hf_init = check_init_from(cfg)
     return dataset, heldout_dataset(cfg, is_rank0), hf_init
 
 
