@@ -31,8 +31,9 @@ class Engine(Protocol):
         """The model's forward."""
 
     def backward(self, loss: torch.Tensor) -> None: ...
-    def step(self) -> float:
-        """Reduce gradients, clip, update, advance the lr; returns the global grad norm."""
+    def step(self) -> torch.Tensor | float:
+        """Reduce gradients, clip, update, advance the lr; returns the global grad norm (a
+        device tensor where it is one: reading it is the loop's once-per-interval sync)."""
 
     def lr(self) -> float: ...
     def save(self, directory: Path) -> None:
@@ -107,7 +108,7 @@ class TorchEngine:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -121,7 +122,7 @@ class TorchEngine:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
@@ -263,14 +264,16 @@ class DeepSpeedEngine:
         self.engine.backward(loss * self.loss_scale)
         self.pending_micro_steps += 1
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor | float:
         assert self.engine.is_gradient_accumulation_boundary(), "step() before the last micro-batch"
         self.pending_micro_steps = 0
         # ZeRO-0 in fp32 reports no norm; its gradients are already reduced after backward.
         fallback = None if self.zero_stage else grad_norm(self.module.parameters())
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm if norm is not None else fallback)
+        if isinstance(norm, torch.Tensor):  # a copy: the loop reads it back steps later
+            norm = norm.detach().clone()
+        return norm if norm is not None else fallback
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]

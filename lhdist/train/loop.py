@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lhdist.check import job_preflight
+from lhdist.check import describe_plan, job_preflight
 from lhdist.config import Config
 from lhdist.eval.heldout import build_heldout_eval, check_heldout_size
 from lhdist.parallel import (
@@ -23,12 +23,17 @@ from lhdist.parallel import (
 from lhdist.parallel.parallelize import lighthouse_spec, parallelize_model
 from lhdist.train import checkpoint as ckpt
 from lhdist.train.data import build_dataloader, val_dataset_path, validate_dataset
+from lhdist.train.compile_check import check_compile_available
 from lhdist.train.engine import build_engine, check_engine_available
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
 from lhdist.train.metrics import ComputeDtypeProbe, MetricsLogger, memory_gib
 from lhdist.train.partitioned_init import build_train_model
+from lhdist.train.prefetch import BatchPrefetcher
+from lhdist.train.profiling import StepProfiler
 from lhdist.train.schedule import stage_at
+from lhdist.train.sdpa_priority import sdpa_priority
+from lhdist.train.step_readback import StepReadback
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
 
@@ -52,6 +57,7 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.train.deterministic:
         use_deterministic_kernels()
     device = pick_device(cfg)
+    check_compile_available(cfg, device.type)
     owns_process_group = not dist.is_initialized()
     if owns_process_group:
         init_distributed(
@@ -62,7 +68,8 @@ def train(cfg: Config) -> dict[str, Any]:
     os.environ.setdefault("LOCAL_RANK", str(dist.get_rank() % max(1, torch.cuda.device_count())))
     start_watchdog(cfg.parallel.timeout_s)  # a dead or hung rank stops every rank, named
     try:
-        return run(cfg, device, dataset, val_info)
+        with sdpa_priority(cfg, device):  # cuDNN attention first where it takes the inputs
+            return run(cfg, device, dataset, val_info)
     except BaseException as error:
         stop_watchdog(error)
         raise
@@ -144,6 +151,8 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
             device=device.type,
             # ZeRO-3 leaves each parameter a partition; ds_numel is its whole size.
             params=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
+            activation_checkpointing=describe_plan(router.recompute),
+            compile=t.compile,
         )
     if heldout is None and cfg.eval.batches > 0:
         logger.event("eval_skipped", start_step, reason=f"no held-out data for {cfg.data.path} "
@@ -151,13 +160,35 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
     peak = peak_flops_per_device(cfg, device)
     lh_stats = lighthouse_stats(cfg)
     router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
-    batches = iter(loader)
+    # Batches are read, sharded and pinned ahead by a thread; the same ones, in the same order.
+    batches = BatchPrefetcher(
+        loader, lambda b: shard_batch(b, dims, cfg), device, cfg.data.prefetch_batches
+    )
     dtype_probe = ComputeDtypeProbe(model)
     loss_value, run_start, tokens_seen = float("nan"), time.perf_counter(), 0
+    readback = StepReadback(device)  # the step leaves its metrics on the device
+    profiler = StepProfiler(t.profile_steps, run_dir, rank, device)
+
+    def log_pending_steps() -> None:
+        """The one place where the steps since the last call are read back to the host (one
+        synchronisation) and logged."""
+        nonlocal loss_value, tokens_seen
+        for values in readback.read():
+            loss_value = values["loss"]
+            tokens_seen += values["tokens"]
+            if not is_rank0:
+                continue
+            record = step_record(cfg, values, world, peak, device, lh_stats)
+            done = values["step"]
+            show = done % t.log_every == 0 or done == t.steps or done == start_step + 1
+            logger.step(record, show)
+            if done == start_step + 1:
+                logger.event("compute_dtype", done, dtype=dtype_probe.dtype)
 
     for step in range(start_step + 1, t.steps + 1):
         stage = stage_at(step, cfg)
         if stage != router.stage:
+            log_pending_steps()
             logger.event(
                 "stage_switch",
                 step,
@@ -166,12 +197,12 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
                 note="optimizer state and data position kept",
             )
             router.set_stage(stage)
-        step_start = time.perf_counter()
+        profiler.step_started(step)
+        step_start = readback.start()
 
         set_phase("data", step)
-        micro_batches = [
-            local_shard(next(batches), dims, cfg, device) for _ in range(t.grad_accum_steps)
-        ]
+        profiler.phase("data")
+        micro_batches = [next(batches) for _ in range(t.grad_accum_steps)]
 
         # Loss = sum of local token losses / tokens of the whole global batch (each token counted
         # once: CP shards partition a sequence), so gradients SUM over dp x cp and micro-batches.
@@ -180,55 +211,45 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         total_loss = torch.zeros((), device=device)
         for input_ids, labels in micro_batches:
             set_phase("forward", step)
+            profiler.phase("forward")
             loss_sum = forward(input_ids, labels)
             set_phase("backward", step)
+            profiler.phase("backward")
             engine.backward(loss_sum / global_tokens)
             total_loss += loss_sum.detach()
         lr = engine.lr()  # the lr this step uses; step() advances the schedule
         set_phase("optimizer step", step)
+        profiler.phase("optimizer_step")
         grad_norm = engine.step()
-
         dist.all_reduce(total_loss, group=dims.grad_group)
-        loss_value = float(total_loss / global_tokens)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_time = time.perf_counter() - step_start
-        tokens = int(global_tokens)
-        tokens_seen += tokens
+        profiler.phase(None)
+        # No host sync here: loss, tokens and norm stay device tensors until the read-back.
+        readback.add(step, stage, lr, step_start, total_loss / global_tokens, global_tokens,
+                     grad_norm, memory_gib(device))  # fmt: skip
+        trace = profiler.step_ended(step)
 
-        if is_rank0:
-            record = step_record(
-                cfg,
-                step,
-                stage,
-                loss_value,
-                grad_norm,
-                lr,
-                tokens,
-                step_time,
-                world,
-                peak,
-                device,
-                lh_stats,
-            )
-            show = step % t.log_every == 0 or step == t.steps or step == start_step + 1
-            logger.step(record, show)
-            if step == start_step + 1:
-                logger.event("compute_dtype", step, dtype=dtype_probe.dtype)
+        evaluating = heldout is not None and heldout.due(step)
+        saving = cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps)
+        if (step % t.log_every == 0 or step == t.steps or step == start_step + 1 or evaluating
+                or saving or trace is not None):  # fmt: skip
+            log_pending_steps()
+        if trace is not None:
+            logger.event("profile", step, path=str(trace), steps=t.profile_steps)
 
-        if heldout is not None and heldout.due(step):
+        if evaluating:
             set_phase("eval", step)
             record = heldout.run(forward, router)
             logger.event("eval", step, stage=stage, **record)
             logger.scalars("eval", record, step)
 
-        if cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps):
+        if saving:
             set_phase("checkpoint", step)
             path = ckpt.save_checkpoint(
-                cfg, engine, step, stage, {"data": loader.state_dict(), "step": step}
+                cfg, engine, step, stage, {"data": batches.state_dict(), "step": step}
             )
             logger.event("checkpoint", step, path=str(path))
 
+    batches.close()
     elapsed = time.perf_counter() - run_start
     summary = {
         "final_loss": loss_value,
@@ -254,15 +275,23 @@ def compute_context(cfg: Config, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16_compute(device.type))
 
 
-def local_shard(
-    batch: tuple[torch.Tensor, torch.Tensor], dims: Any, cfg: Config, device: torch.device
+def shard_batch(
+    batch: tuple[torch.Tensor, torch.Tensor], dims: Any, cfg: Config
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This CP rank's tokens of a [B, N] (input_ids, labels) batch, on `device`."""
+    """This CP rank's tokens of a [B, N] (input_ids, labels) batch, where the batch is."""
     input_ids, labels = batch
     if dims.cp_degree > 1:
         layout = cfg.parallel.layout
         input_ids = shard_sequence(input_ids, dims.cp_rank, dims.cp_degree, layout, dim=1)
         labels = shard_sequence(labels, dims.cp_rank, dims.cp_degree, layout, dim=1)
+    return input_ids, labels
+
+
+def local_shard(
+    batch: tuple[torch.Tensor, torch.Tensor], dims: Any, cfg: Config, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This CP rank's tokens of a [B, N] (input_ids, labels) batch, on `device`."""
+    input_ids, labels = shard_batch(batch, dims, cfg)
     return input_ids.to(device), labels.to(device)
 
 
@@ -362,25 +391,25 @@ def lighthouse_stats(cfg: Config) -> dict[str, Any] | None:
     }
 
 
-def step_record(
-    cfg, step, stage, loss, grad_norm, lr, tokens, step_time, world, peak, device, lh_stats
-) -> dict[str, Any]:
-    tokens_per_s = tokens / step_time
+def step_record(cfg, values, world, peak, device, lh_stats) -> dict[str, Any]:
+    """The metrics.jsonl record of one step from its read-back `values` (StepReadback.read)."""
+    stage, tokens = values["stage"], values["tokens"]
+    tokens_per_s = tokens / values["step_time_s"]
     selected = lh_stats["lh_selected_len"] if lh_stats else None
     dense_fpt, executed_fpt = flops_per_token(cfg, stage, selected)
     record = {
-        "step": step,
+        "step": values["step"],
         "stage": stage,
-        "loss": loss,
-        "lr": lr,
-        "grad_norm": grad_norm,
+        "loss": values["loss"],
+        "lr": values["lr"],
+        "grad_norm": values["grad_norm"],
         "tokens": tokens,
-        "step_time_s": step_time,
+        "step_time_s": values["step_time_s"],
         "tokens_per_s": tokens_per_s,
         "tokens_per_s_per_device": tokens_per_s / world,
         "mfu_dense": tokens_per_s * dense_fpt / (peak * world) if peak else None,
         "mfu_executed": tokens_per_s * executed_fpt / (peak * world) if peak else None,
-        "memory_gib": memory_gib(device),
+        "memory_gib": values["memory_gib"],
     }
     if lh_stats and stage == 1:
         record.update(lh_stats)
