@@ -227,8 +227,8 @@ class TrainConfig:
     """CUDA SDPA kernel order for the dense and Lighthouse attention calls: 'cudnn' (cuDNN, then
     flash, memory-efficient, math: the first that takes the inputs) or 'default' (torch's)."""
     profile_steps: list[int] = field(default_factory=list)
-    """[first, last]: torch.profiler trace of these steps into <run_dir>/profile/ (chrome trace
-    JSON, for Perfetto or chrome://tracing); empty: no profiling."""
+    """[first, last] (or several such pairs): a torch.profiler trace of each window of steps into
+    <run_dir>/profile/ (chrome trace JSON, for Perfetto or chrome://tracing); empty: none."""
     loss_chunk_tokens: int = 8192
     """Tokens per chunk of the output projection + cross-entropy (full logits never exist)."""
     dtype: str = "auto"
@@ -618,11 +618,14 @@ def validate_speed(cfg: Config) -> None:
     if t.sdpa_priority not in SDPA_PRIORITIES:
         raise ValueError(f"train.sdpa_priority={t.sdpa_priority!r} must be one of {SDPA_PRIORITIES}")
     steps = t.profile_steps
-    if steps and (len(steps) != 2 or not 1 <= steps[0] <= steps[1] <= t.steps):
+    ordered = all(a <= b for a, b in zip(steps, steps[1:]))
+    if len(steps) % 2 or not ordered or (steps and not 1 <= steps[0] <= steps[-1] <= t.steps):
         raise ValueError(
-            f"train.profile_steps={steps} must be [first, last] with 1 <= first <= last <= "
-            f"train.steps={t.steps}"
+            f"train.profile_steps={steps} must be [first, last] (or several such pairs, in "
+            f"order) with 1 <= first <= last <= train.steps={t.steps}"
         )
+    if any(a == b for a, b in zip(steps[1::2], steps[2::2])):
+        raise ValueError(f"train.profile_steps={steps}: a window must start after the last ends")
     if cfg.data.prefetch_batches < 0:
         raise ValueError(f"data.prefetch_batches={cfg.data.prefetch_batches} must be >= 0")
 

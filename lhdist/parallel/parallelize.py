@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.autograd.profiler import record_function
 
 from lhdist.check import recompute_plan
 from lhdist.config import Config, lighthouse_spec_of
@@ -17,6 +18,7 @@ from lhdist.parallel.block_wrappers import checkpoint_blocks, checkpoint_feed_fo
 BlockAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 STAGE_SPARSE, STAGE_DENSE = 1, 2
+ATTENTION_RANGE = "lhdist.attention"  # profiler range around every eager attention call
 
 
 def lighthouse_spec(cfg: Config) -> LighthouseSpec:
@@ -63,7 +65,8 @@ class AttentionRouter:
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_idx: int
     ) -> torch.Tensor:
-        return self.for_layer(layer_idx)(q, k, v)
+        with record_function(ATTENTION_RANGE):  # a profiler trace's attention share
+            return self.for_layer(layer_idx)(q, k, v)
 
 
 def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRouter:

@@ -27,7 +27,7 @@ from lhdist.train.compile_check import check_compile_available
 from lhdist.train.engine import build_engine, check_engine_available
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
-from lhdist.train.metrics import ComputeDtypeProbe, MetricsLogger, memory_gib
+from lhdist.train.metrics import ComputeDtypeProbe, MetricsLogger, memory_gib, reset_peak_memory
 from lhdist.train.partitioned_init import build_train_model
 from lhdist.train.prefetch import BatchPrefetcher
 from lhdist.train.profiling import StepProfiler
@@ -189,6 +189,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
         stage = stage_at(step, cfg)
         if stage != router.stage:
             log_pending_steps()
+            reset_peak_memory(device)  # memory_gib from here on: this stage's peak
             logger.event(
                 "stage_switch",
                 step,
@@ -234,7 +235,7 @@ def run(cfg: Config, device: torch.device, dataset: Any, val_info: Any = None) -
                 or saving or trace is not None):  # fmt: skip
             log_pending_steps()
         if trace is not None:
-            logger.event("profile", step, path=str(trace), steps=t.profile_steps)
+            logger.event("profile", step, path=str(trace))
 
         if evaluating:
             set_phase("eval", step)

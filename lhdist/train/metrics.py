@@ -35,6 +35,13 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new CUDA allocator peak (at the stage switch: each stage reports its own); the
+    CPU's peak RSS cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def format_line(record: dict[str, Any], total_steps: int) -> str:
     parts = [
         f"step {record['step']}/{total_steps}",

@@ -1,4 +1,5 @@
-"""train.profile_steps: a torch.profiler trace of steps [first, last] into <run_dir>/profile/.
+"""train.profile_steps: a torch.profiler trace of each window [first, last] of steps into
+<run_dir>/profile/.
 
 The trace is chrome-trace JSON (open it in https://ui.perfetto.dev or chrome://tracing; the
 bench's time split reads it). The loop's phases (data, forward, backward, optimizer step) are
@@ -21,11 +22,12 @@ def trace_path(run_dir: Path, rank: int, first: int, last: int) -> Path:
 
 
 class StepProfiler:
-    """Starts torch.profiler at the first profiled step, stops and writes the trace after the
-    last one; does nothing when `steps` is empty."""
+    """Starts torch.profiler at the first step of each window, stops and writes the trace after
+    its last step; does nothing when `steps` (flat [first, last, first, last, ...]) is empty."""
 
     def __init__(self, steps: list[int], run_dir: Path, rank: int, device: torch.device) -> None:
-        self.first, self.last = (steps[0], steps[1]) if steps else (None, None)
+        self.windows = dict(zip(steps[::2], steps[1::2]))  # first step -> last step
+        self.first = self.last = None
         self.run_dir, self.rank, self.device = Path(run_dir), rank, device
         self.profile: torch.profiler.profile | None = None
         self.range: record_function | None = None
@@ -35,8 +37,9 @@ class StepProfiler:
         return self.profile is not None
 
     def step_started(self, step: int) -> None:
-        if step != self.first:
+        if step not in self.windows:
             return
+        self.first, self.last = step, self.windows[step]
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
