@@ -615,6 +615,12 @@ def validate_speed(cfg: Config) -> None:
             f"train.activation_checkpointing={t.activation_checkpointing!r} must be true, false "
             f"or one of {RECOMPUTE_MODES}"
         )
+    if t.compile and t.engine == "deepspeed" and t.zero_stage == 3:
+        raise ValueError(
+            "train.compile=true with train.engine=deepspeed and train.zero_stage=3 is not "
+            "supported: ZeRO-3 gathers each parameter in hooks that would run inside every "
+            "compiled block; use zero_stage <= 2, train.engine=torch, or train.compile=false"
+        )
     if t.sdpa_priority not in SDPA_PRIORITIES:
         raise ValueError(f"train.sdpa_priority={t.sdpa_priority!r} must be one of {SDPA_PRIORITIES}")
     steps = t.profile_steps

@@ -74,6 +74,7 @@ def compile_blocks(model: Transformer, fullgraph: bool = True) -> None:
             return compiled(_block, x, cos, sin, pick(_block.attention.layer_idx))
 
         block.forward = forward
+    model.blocks_compiled = True  # hooks that would run inside a block must go elsewhere
 
 
 def wrap_blocks(model: Transformer, plan: list[str], compile: bool, fullgraph: bool) -> None:
