@@ -91,30 +91,38 @@ def _cpu_items(events: list[dict]) -> tuple[list[tuple[float, list[str]]], list[
             and str(e.get("name", "")).startswith("lhdist.")}  # fmt: skip
     items, spans = [], []
     for intervals, _ in _index(events, tids).values():
-        ops = sorted((iv for iv in intervals if not iv[2].startswith("lhdist.")),
-                     key=lambda iv: (iv[0], -iv[1]))  # a parent before its children
-        stack: list[list] = []  # [start, end, name, child time]
         ranges = [iv for iv in intervals if iv[2].startswith("lhdist.")]
-        starts = [lo for lo, _, _ in ranges]
-
-        def close(entry):
-            lo, hi, name, children = entry
-            names = [name, *reversed([s[2] for s in stack])]
-            names += list(reversed(_enclosing(ranges, starts, lo)))
-            items.append((max(hi - lo - children, 0.0), names))
-
-        for lo, hi, name in ops:
-            while stack and stack[-1][1] <= lo:
-                done = stack.pop()
-                close(done)
-            if stack:
-                stack[-1][3] += hi - lo
-            else:
-                spans.append((lo, hi))
-            stack.append([lo, hi, name, 0.0])
-        while stack:
-            close(stack.pop())
+        ops = sorted(
+            (iv for iv in intervals if not iv[2].startswith("lhdist.")),
+            key=lambda iv: (iv[0], -iv[1]),
+        )  # a parent before its children
+        items += _self_times(ops, ranges, spans)
     return items, spans
+
+
+def _self_times(ops: list[tuple], ranges: list[tuple], spans: list[tuple]) -> list:
+    """(self time, [name, enclosing ops and ranges innermost first]) of each op of one thread
+    (`ops` sorted parent first); the outermost ops' intervals are appended to `spans`."""
+    starts = [lo for lo, _, _ in ranges]
+    items, stack = [], []  # stack entries: [start, end, name, time of direct children]
+
+    def close(entry, parents):
+        lo, hi, name, children = entry
+        names = [name, *reversed([p[2] for p in parents])]
+        names += list(reversed(_enclosing(ranges, starts, lo)))
+        items.append((max(hi - lo - children, 0.0), names))
+
+    for lo, hi, name in ops:
+        while stack and stack[-1][1] <= lo:
+            close(stack.pop(), stack)
+        if stack:
+            stack[-1][3] += hi - lo
+        else:
+            spans.append((lo, hi))
+        stack.append([lo, hi, name, 0.0])
+    while stack:
+        close(stack.pop(), stack)
+    return items
 
 
 def time_split(trace: Path, steps: int) -> dict:

@@ -428,9 +428,7 @@ def describe_layout(cfg: Config) -> list[str]:
     return lines
 
 
-def format_report(
-    cfg: Config, device_type: str = "cuda", device_memory: int | None = None
-) -> str:
+def format_report(cfg: Config, device_type: str = "cuda", device_memory: int | None = None) -> str:
     """What `lhdist check` prints for a valid, resolved config (`device_memory`: bytes per
     device, for train.activation_checkpointing=auto and what fits)."""
     plan = recompute_plan(cfg, device_type, device_memory)
@@ -498,8 +496,8 @@ def preflight(
         if device_memory and mem.peak > device_memory:
             log(
                 f"[check] warning: estimated peak {gib(mem.peak)} per rank exceeds the device's "
-                f"{gib(device_memory)}; consider train.activation_checkpointing=auto or full, a larger "
-                f"parallel.cp_degree or train.zero_stage"
+                f"{gib(device_memory)}; consider train.activation_checkpointing=auto or full, a "
+                f"larger parallel.cp_degree or train.zero_stage"
             )
     return mem
 

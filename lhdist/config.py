@@ -622,7 +622,9 @@ def validate_speed(cfg: Config) -> None:
             "compiled block; use zero_stage <= 2, train.engine=torch, or train.compile=false"
         )
     if t.sdpa_priority not in SDPA_PRIORITIES:
-        raise ValueError(f"train.sdpa_priority={t.sdpa_priority!r} must be one of {SDPA_PRIORITIES}")
+        raise ValueError(
+            f"train.sdpa_priority={t.sdpa_priority!r} must be one of {SDPA_PRIORITIES}"
+        )
     steps = t.profile_steps
     ordered = all(a <= b for a, b in zip(steps, steps[1:]))
     if len(steps) % 2 or not ordered or (steps and not 1 <= steps[0] <= steps[-1] <= t.steps):

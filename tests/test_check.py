@@ -218,8 +218,13 @@ def measured_peak_bytes(overrides: list[str], steps: int = 2) -> tuple[int, obje
             "--lighthouse.num_levels=2",
         ],
     ],
-    ids=["tiny-lighthouse", "tiny-dense-N1024", "tiny-ac-N1024", "tiny-ac-vocab8k-chunk256",
-         "tiny-ffn-N1024"],  # fmt: skip
+    ids=[
+        "tiny-lighthouse",
+        "tiny-dense-N1024",
+        "tiny-ac-N1024",
+        "tiny-ac-vocab8k-chunk256",
+        "tiny-ffn-N1024",
+    ],  # fmt: skip
 )
 def test_check_memory_estimate_within_20_percent_of_measured_cpu_step(overrides):
     torch.set_num_threads(2)

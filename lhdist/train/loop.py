@@ -22,8 +22,8 @@ from lhdist.parallel import (
 )
 from lhdist.parallel.parallelize import lighthouse_spec, parallelize_model
 from lhdist.train import checkpoint as ckpt
-from lhdist.train.data import build_dataloader, val_dataset_path, validate_dataset
 from lhdist.train.compile_check import check_compile_available
+from lhdist.train.data import build_dataloader, val_dataset_path, validate_dataset
 from lhdist.train.engine import build_engine, check_engine_available
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX

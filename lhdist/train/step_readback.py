@@ -64,8 +64,9 @@ class StepReadback:
     def add(self, step, stage, lr, start, loss, tokens, grad_norm, memory_gib) -> None:
         """Called at the end of the step's work (its end mark is taken here)."""
         self.pending.append(
-            PendingStep(step, stage, lr, start, self.clock.mark(), loss, tokens, grad_norm,
-                        memory_gib)  # fmt: skip
+            PendingStep(
+                step, stage, lr, start, self.clock.mark(), loss, tokens, grad_norm, memory_gib
+            )
         )
 
     def read(self) -> list[dict[str, Any]]:

@@ -70,7 +70,9 @@ def test_activation_checkpointing_recomputes_what_its_mode_says():
             for name in calls:
                 module = block.feed_forward if name == "ffn" else block.attention
                 module.register_forward_pre_hook(
-                    lambda *a, _name=name: calls.__setitem__(_name, calls[_name] + 1)
+                    lambda *a, _name=name, _calls=calls: _calls.__setitem__(
+                        _name, _calls[_name] + 1
+                    )
                 )
         parallelize_model(model, None, cfg)
         model(ids, torch.arange(512)).logsumexp(-1).mean().backward()

@@ -61,10 +61,13 @@ def test_gpu_dense_attention_under_cudnn_priority_matches_fp32(heads, kv_heads, 
         return [t.float().cpu() for t in (out, *(x.grad for x in xs))]
 
     reference = run(torch.float32, "cpu")
-    with sdpa_priority(load_config(), torch.device("cuda")):
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            fast = run(torch.bfloat16, "cuda")
-            torch.cuda.synchronize()
+    cfg = load_config()
+    with (
+        sdpa_priority(cfg, torch.device("cuda")),
+        profile(activities=[ProfilerActivity.CUDA]) as prof,
+    ):
+        fast = run(torch.bfloat16, "cuda")
+        torch.cuda.synchronize()
     kernels = " ".join(e.key for e in prof.key_averages()).lower()
     assert "cudnn" in kernels or "sdpa" in kernels, kernels[:500]
     for name, a, b in zip(("out", "dq", "dk", "dv"), fast, reference, strict=True):

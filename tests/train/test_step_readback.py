@@ -4,6 +4,7 @@ records whatever the interval, prefetching and profiling."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,13 +54,15 @@ def test_training_records_do_not_depend_on_interval_prefetch_or_profiling(tmp_pa
         steps[name] = read_steps(run_dir)
     keys = ("loss", "grad_norm", "tokens", "lr", "stage")
     for step in range(1, 7):
-        assert [steps["interval"][step][k] for k in keys] == [steps["per_step"][step][k] for k in keys]
+        got, want = steps["interval"][step], steps["per_step"][step]
+        assert [got[k] for k in keys] == [want[k] for k in keys], step
     # Each profiled window left a chrome trace with the loop's phases in it.
     events = read_events(tmp_path / "interval", "profile")
     assert [e["step"] for e in events] == [3, 5]
     for event, window in zip(events, ("steps2-3", "steps5-5"), strict=True):
         assert window in event["path"]
-        names = {e.get("name") for e in json.loads(open(event["path"]).read())["traceEvents"]}
+        trace = json.loads(Path(event["path"]).read_text())
+        names = {e.get("name") for e in trace["traceEvents"]}
         assert {"lhdist.data", "lhdist.forward", "lhdist.backward"} <= names
     assert not (tmp_path / "per_step" / "profile").exists()
 
