@@ -21,9 +21,12 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 _POLL_S = 0.1  # how often a blocked reader checks whether it was stopped
 
 
-def _read_ahead(loader, prepare, out: queue.Queue, stop: threading.Event) -> None:
+def _read_ahead(loader, prepare, out: queue.Queue, stop: threading.Event, device) -> None:
     """Thread body: (prepared batch, loader state after it) into `out` until stopped; an error
     is handed over in place of a batch, for the consumer to raise."""
+    if device.type == "cuda":
+        # Pinning talks to CUDA: on this rank's device, not a new context on device 0.
+        torch.cuda.set_device(device)
     while not stop.is_set():
         try:
             item: Any = (prepare(next(loader)), loader.state_dict())
@@ -67,10 +70,11 @@ class BatchPrefetcher(Iterator[Batch]):
             self.thread = threading.Thread(
                 target=_read_ahead,
                 # The thread holds no reference to self: a dropped prefetcher stops it (__del__).
-                args=(loader, functools.partial(_host_side, prepare, pin), self.queue, self.stop),
+                args=(loader, functools.partial(_host_side, prepare, pin), self.queue, self.stop,
+                      device),
                 name="lhdist-prefetch",
                 daemon=True,
-            )
+            )  # fmt: skip
             self.thread.start()
 
     def __next__(self) -> Batch:

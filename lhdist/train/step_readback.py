@@ -35,6 +35,7 @@ class StepClock:
         """Time between two marks whose work has completed (after a read-back)."""
         if not self.cuda:
             return end - start
+        end.synchronize()  # already done after a read-back; cheap then
         return start.elapsed_time(end) / 1e3
 
 
