@@ -59,8 +59,9 @@ def _block_with(block: Block, x, cos, sin, attend):
 
 def compile_blocks(model: Transformer, fullgraph: bool = True) -> None:
     """torch.compile every block through one compiled function (static shapes). The model's
-    attention must offer `for_layer(layer_idx)` (the router does); any other attention runs the
-    block eagerly. `fullgraph=False` lets attention that is excluded from compilation (CP
+    attention must offer `for_layer(layer_idx)` (the router does); any other attention, and any
+    forward without gradients (evals, whose few calls would not repay their own graphs), runs
+    the block eagerly. `fullgraph=False` lets attention that is excluded from compilation (CP
     collectives, `torch.compiler.disable`) run eagerly between the compiled parts."""
     compiled = torch.compile(
         _block_with, backend=compile_backend(), fullgraph=fullgraph, dynamic=False
@@ -69,7 +70,7 @@ def compile_blocks(model: Transformer, fullgraph: bool = True) -> None:
 
         def forward(x, cos, sin, attn, _block=block):
             pick = getattr(attn, "for_layer", None)
-            if pick is None:
+            if pick is None or not torch.is_grad_enabled():  # evals run eagerly: no graphs
                 return Block.forward(_block, x, cos, sin, attn)
             return compiled(_block, x, cos, sin, pick(_block.attention.layer_idx))
 

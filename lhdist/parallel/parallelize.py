@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.autograd.profiler import record_function
 
 from lhdist.check import recompute_plan
-from lhdist.config import Config, lighthouse_spec_of
+from lhdist.config import Config, lighthouse_spec_of, recompute_mode
 from lhdist.model import Transformer, causal_attention
 from lhdist.ops import LighthouseSpec, lighthouse_attention
 from lhdist.parallel.block_wrappers import checkpoint_blocks, checkpoint_feed_forwards, wrap_blocks
@@ -81,18 +82,24 @@ def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRo
     sparse, dense = attention_functions(spec, dims, cfg)
     router = AttentionRouter(sparse, dense, cfg.sparse_layers())
     model.set_attention(router)
-    router.recompute = recompute_plan(cfg, *device_of(model))
+    router.recompute = recompute_plan(cfg, *device_memory(model, cfg))
     cp_degree = 1 if dims is None else dims.cp_degree
     wrap_blocks(model, router.recompute, cfg.train.compile, fullgraph=cp_degree == 1)
     return router
 
 
-def device_of(model: Transformer) -> tuple[str, int | None]:
-    """(device type, bytes of device memory or None) of the model's parameters."""
+def device_memory(model: Transformer, cfg: Config) -> tuple[str, int | None]:
+    """(device type, bytes of memory per device) for the recompute plan: None off CUDA or unless
+    `auto` needs it; under a process group the smallest of all ranks, so that every rank picks
+    the same plan (a block fully recomputed on one CP rank only would run its collectives
+    there alone)."""
     device = next(model.parameters()).device
-    if device.type != "cuda":
+    if device.type != "cuda" or recompute_mode(cfg) != "auto":
         return device.type, None
-    return "cuda", torch.cuda.get_device_properties(device).total_memory
+    memory = torch.tensor(torch.cuda.get_device_properties(device).total_memory, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(memory, op=dist.ReduceOp.MIN)
+    return "cuda", int(memory)
 
 
 def attention_functions(

@@ -66,8 +66,10 @@ def test_compiled_blocks_share_one_graph_per_attention_kind(aot_eager):
     for stage in (1, 2, 1):
         router.set_stage(stage)
         model(ids, torch.arange(512), labels=ids).backward()
+    with torch.no_grad(), router.evaluating(1):  # evals run the blocks eagerly
+        model(ids, torch.arange(512), labels=ids)
     # 4 blocks (2 Lighthouse, 2 dense), both stages: one graph for each attention function,
-    # none per layer index, no recompile at the stage switch, no graph break.
+    # none per layer index, no recompile at the stage switch or for an eval, no graph break.
     assert counters["stats"]["unique_graphs"] == 2
     assert not counters["graph_break"]
 
