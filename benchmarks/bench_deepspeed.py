@@ -103,14 +103,16 @@ def train_command(args, overrides: list[str], run_dir: Path) -> list[str]:
     return cmd + [f"--{kv}" for kv in overrides] + [f"--train.run_dir={run_dir}"]
 
 
-def run_logged(cmd: list[str], run_dir: Path, label: str, timeout_s: float) -> None:
+def run_logged(
+    cmd: list[str], run_dir: Path, label: str, timeout_s: float, tag: str = "deepspeed"
+) -> None:
     """Run `cmd`, its output into run_dir/log.txt with progress lines echoed; RunFailed on a
     non-zero exit or after `timeout_s` (the whole process group is killed: nothing hangs)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     log_path = run_dir / "log.txt"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    print(f"[deepspeed] {label}: {shlex.join(cmd)}", flush=True)
+    print(f"[{tag}] {label}: {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -135,7 +137,7 @@ def run_logged(cmd: list[str], run_dir: Path, label: str, timeout_s: float) -> N
         tail = "\n".join(log_path.read_text().splitlines()[-20:])
         why = f"killed after {timeout_s:.0f} s" if took >= timeout_s else f"exited {code}"
         raise RunFailed(f"{label} {why} (log: {log_path}):\n{tail}")
-    print(f"[deepspeed] {label}: done in {took:.1f} s", flush=True)
+    print(f"[{tag}] {label}: done in {took:.1f} s", flush=True)
 
 
 def read_metrics(run_dir: Path) -> tuple[dict[int, dict], list[dict]]:

@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "op": ("profile_op.py", "profile the Lighthouse op's parts"),
     "quality": ("bench_quality.py", "dense vs Lighthouse + resume: seeds, held-out loss, paired"),
     "deepspeed": ("bench_deepspeed.py", "torch vs DeepSpeed ZeRO 0-3: dtype, loss, speed, memory"),
+    "train": ("bench_train.py", "training steps per stage: tokens/s, MFU, memory, time split"),
 }
 
 

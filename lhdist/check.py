@@ -15,6 +15,7 @@ from lhdist.config import (
     lighthouse_spec_of,
     parse_overrides,
     read_config_file,
+    recompute_mode,
     resolve,
     validate,
 )
@@ -180,10 +181,31 @@ def block_transient_per_token(cfg: Config, a: int) -> float:
     return max(ffn, attn)
 
 
-def estimate_memory(cfg: Config, device_type: str = "cuda") -> MemoryEstimate:
+def recompute_split(cfg: Config, a: int, sparse: bool, mode: str) -> tuple[float, float]:
+    """(kept, recomputed) bytes per token of one block under activation-checkpointing `mode`.
+
+    full: the block keeps only its fp32 input and recomputes everything in its backward. ffn:
+    the second half (ffn_norm + SwiGLU) keeps only its fp32 input, which is the residual that
+    `block_bytes_per_token` already counts, so the norm's normed values and rsqrt, the linears'
+    inputs and the SwiGLU's four tensors go."""
+    block = block_bytes_per_token(cfg, a, sparse)
+    if mode == "none":
+        return block, 0.0
+    if mode == "full":
+        return FP32 * cfg.model.dim, block
+    d, F = cfg.model.dim, cfg.model.ffn_dim
+    ffn = FP32 * d + FP32 + _linear_inputs(cfg, a, 2) + 4 * a * F
+    return block - ffn, ffn
+
+
+def estimate_memory(
+    cfg: Config, device_type: str = "cuda", plan: list[str] | None = None
+) -> MemoryEstimate:
     """Per-rank memory of `cfg` (resolved) on its dp x cp world, per stage (1: Lighthouse in the
-    sparse layers, 2: dense everywhere)."""
+    sparse layers, 2: dense everywhere). `plan`: each layer's recompute mode (none, ffn, full);
+    default: `recompute_plan` without a memory limit."""
     t, m = cfg.train, cfg.model
+    plan = plan or recompute_plan(cfg, device_type)
     world = cfg.parallel.dp_degree * cfg.parallel.cp_degree
     a = compute_bytes(cfg, device_type)
     params, grads, opt, how = state_bytes(cfg, world)
@@ -195,22 +217,63 @@ def estimate_memory(cfg: Config, device_type: str = "cuda") -> MemoryEstimate:
     activations, transient = {}, {}
     stages = (1, 2) if sparse and t.stage1_steps > 0 else (2,)
     for stage in stages:
-        per_layer = [
-            block_bytes_per_token(cfg, a, stage == 1 and i in sparse) for i in range(m.num_layers)
+        split = [
+            recompute_split(cfg, a, stage == 1 and i in sparse, plan[i])
+            for i in range(m.num_layers)
         ]
-        if t.activation_checkpointing:
-            # Every block keeps only its fp32 input; its backward recomputes one block at a time.
-            kept = FP32 * m.dim * m.num_layers + head_kept
-            worst = max(head_transient, max(per_layer) + block_transient - head_kept)
-        else:
-            kept = sum(per_layer) + head_kept
-            worst = max(head_transient, block_transient - head_kept)
+        # A recomputing block's backward holds its recomputed tensors, one block at a time.
+        kept = sum(k for k, _ in split) + head_kept
+        worst = max(head_transient, max(r for _, r in split) + block_transient - head_kept)
         activations[stage] = int(kept * tokens)
         transient[stage] = int(max(worst * tokens, loss_transient, 0))
     notes = [how, f"activations: {'bf16' if a == 2 else 'fp32'}, {tokens:,} tokens per rank"]
-    if t.activation_checkpointing:
-        notes.append("activation checkpointing: one block recomputed at a time")
+    if any(mode != "none" for mode in plan):
+        notes.append(f"activation checkpointing: {describe_plan(plan)}")
     return MemoryEstimate(params, grads, opt, activations, transient, notes)
+
+
+# --- activation checkpointing: which blocks recompute what ----------------------------------------
+
+# `auto` plans for this share of the device's memory: the estimate leaves out the allocator's
+# fragmentation, the CUDA context and kernel workspaces.
+AUTO_MEMORY_FRACTION = 0.85
+UNIFORM_MODES = ("none", "ffn", "full")
+
+
+def recompute_plan(cfg: Config, device_type: str, device_memory: int | None = None) -> list[str]:
+    """Each layer's recompute mode for train.activation_checkpointing. `auto`: the first plan of
+    the ladder none -> ffn in layers 0.. -> full in layers 0.. whose estimated peak fits
+    AUTO_MEMORY_FRACTION of `device_memory` (none without a known memory; all full if nothing
+    fits, and the preflight warns)."""
+    mode, layers = recompute_mode(cfg), cfg.model.num_layers
+    if mode != "auto":
+        return [mode] * layers
+    plan = ["none"] * layers
+    if not device_memory:
+        return plan
+    budget = AUTO_MEMORY_FRACTION * device_memory
+    for step in ("ffn", "full"):
+        for layer in range(layers):
+            if estimate_memory(cfg, device_type, plan).peak <= budget:
+                return plan
+            plan = plan[:layer] + [step] + plan[layer + 1 :]
+    return plan
+
+
+def describe_plan(plan: list[str]) -> str:
+    """'full in 24 of 24 blocks', 'ffn in 10, full in 2 of 24 blocks', 'none'."""
+    counts = [(mode, plan.count(mode)) for mode in ("ffn", "full") if mode in plan]
+    if not counts:
+        return "none"
+    return ", ".join(f"{mode} in {n}" for mode, n in counts) + f" of {len(plan)} blocks"
+
+
+def recompute_options(cfg: Config, device_type: str) -> dict[str, int]:
+    """Estimated peak bytes per rank with each uniform mode: what `lhdist check` compares."""
+    return {
+        mode: estimate_memory(cfg, device_type, [mode] * cfg.model.num_layers).peak
+        for mode in UNIFORM_MODES
+    }
 
 
 # --- communication --------------------------------------------------------------------------------
@@ -294,16 +357,19 @@ def gradient_bytes(cfg: Config) -> tuple[int, str]:
     )
 
 
-def estimate_comm(cfg: Config, device_type: str = "cuda") -> CommEstimate:
+def estimate_comm(
+    cfg: Config, device_type: str = "cuda", plan: list[str] | None = None
+) -> CommEstimate:
     """Per-rank traffic of one optimizer step of `cfg` (resolved), per stage."""
     a = compute_bytes(cfg, device_type)
     t = cfg.train
     sparse = set(cfg.sparse_layers())
-    repeats = 2 if t.activation_checkpointing else 1  # the recompute repeats the forward
+    plan = plan or recompute_plan(cfg, device_type)
     attention = {}
     for stage in (1, 2) if sparse and t.stage1_steps > 0 else (2,):
         totals: dict[str, int] = {}
         for layer in range(cfg.model.num_layers):
+            repeats = 2 if plan[layer] == "full" else 1  # a full recompute repeats the forward
             kind = cfg.lighthouse.selection if stage == 1 and layer in sparse else "dense"
             for name, (fwd, bwd) in layer_comm(cfg, a, kind).items():
                 key = f"{name} ({'dense' if kind == 'dense' else 'lighthouse'})"
@@ -363,11 +429,14 @@ def describe_layout(cfg: Config) -> list[str]:
     return lines
 
 
-def format_report(cfg: Config, device_type: str = "cuda") -> str:
-    """What `lhdist check` prints for a valid, resolved config."""
-    mem, comm = estimate_memory(cfg, device_type), estimate_comm(cfg, device_type)
+def format_report(cfg: Config, device_type: str = "cuda", device_memory: int | None = None) -> str:
+    """What `lhdist check` prints for a valid, resolved config (`device_memory`: bytes per
+    device, for train.activation_checkpointing=auto and what fits)."""
+    plan = recompute_plan(cfg, device_type, device_memory)
+    mem, comm = estimate_memory(cfg, device_type, plan), estimate_comm(cfg, device_type, plan)
     t = cfg.train
     lines = describe_layout(cfg)
+    lines.append(describe_recompute(cfg, device_type, device_memory, plan))
     lines.append(f"memory per rank ({device_type}; {'; '.join(mem.notes)})")
     lines += [
         f"  parameters      {gib(mem.parameters)}",
@@ -392,6 +461,24 @@ def format_report(cfg: Config, device_type: str = "cuda") -> str:
     return "\n".join(lines)
 
 
+def describe_recompute(
+    cfg: Config, device_type: str, device_memory: int | None, plan: list[str]
+) -> str:
+    """One line: the peak with each activation-checkpointing mode, which fit, what runs."""
+    options = recompute_options(cfg, device_type)
+    peaks = ", ".join(f"{mode} {gib(peak)}" for mode, peak in options.items())
+    line = f"recompute   peak with activation_checkpointing={{{peaks}}}"
+    if device_memory:
+        fits = [m for m, peak in options.items() if peak <= AUTO_MEMORY_FRACTION * device_memory]
+        line += (f"; fit {AUTO_MEMORY_FRACTION:.0%} of {gib(device_memory)}: "
+                 f"{', '.join(fits) or 'none of them'}")  # fmt: skip
+    mode = recompute_mode(cfg)
+    line += f"; {mode}: {describe_plan(plan)}"
+    if mode == "auto" and not device_memory:
+        line += " (no device memory known: pass --gpu-memory-gib)"
+    return line
+
+
 def preflight(
     cfg: Config,
     world_size: int,
@@ -403,14 +490,15 @@ def preflight(
     `world_size` ranks; `log` (rank 0) receives the report and a warning when the estimated
     peak exceeds `device_memory` bytes. Pure arithmetic: no process group, no device."""
     validate(cfg, world_size)
-    mem = estimate_memory(cfg, device_type)
+    mem = estimate_memory(cfg, device_type, recompute_plan(cfg, device_type, device_memory))
     if log is not None:
-        log("[check] " + format_report(cfg, device_type).replace("\n", "\n[check] "))
+        report = format_report(cfg, device_type, device_memory)
+        log("[check] " + report.replace("\n", "\n[check] "))
         if device_memory and mem.peak > device_memory:
             log(
                 f"[check] warning: estimated peak {gib(mem.peak)} per rank exceeds the device's "
-                f"{gib(device_memory)}; consider train.activation_checkpointing=true, a larger "
-                f"parallel.cp_degree or train.zero_stage"
+                f"{gib(device_memory)}; consider train.activation_checkpointing=auto or full, a "
+                f"larger parallel.cp_degree or train.zero_stage"
             )
     return mem
 
@@ -493,14 +581,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_for_check(args.config, overrides, args.world_size)
         world = cfg.parallel.dp_degree * cfg.parallel.cp_degree
         device_type = device_type_of(cfg, args.device)
-        mem = preflight(cfg, world, device_type)
+        limit = int(args.gpu_memory_gib * GIB)
+        mem = preflight(cfg, world, device_type, limit or None)
     except (ValueError, FileNotFoundError) as e:
         print(f"lhdist check: invalid: {e}", file=sys.stderr)
         return 2
     where = args.config or "defaults"
     print(f"lhdist check: {where} on {world} rank(s): valid")
-    print(format_report(cfg, device_type))
-    limit = args.gpu_memory_gib * GIB
+    print(format_report(cfg, device_type, limit or None))
     if limit and mem.peak > limit:
         print(
             f"lhdist check: invalid: estimated peak {gib(mem.peak)} per rank exceeds "

@@ -77,6 +77,8 @@ LR_SCHEDULES = ("constant", "cosine", "linear", "wsd")
 DECAY_SHAPES = ("linear", "cosine")
 DTYPES = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+RECOMPUTE_MODES = ("none", "full", "ffn", "auto")
+SDPA_PRIORITIES = ("cudnn", "default")
 
 
 @dataclass
@@ -168,6 +170,9 @@ class DataConfig:
     """Shuffle seed of the data loader."""
     verify_hashes: bool = True
     """Hash every shard at start (rank 0 only; other ranks check presence and sizes)."""
+    prefetch_batches: int = 2
+    """Batches read (and sharded, pinned) ahead by a background thread while the step runs; 0:
+    read in the loop. Either way the same batches in the same order."""
 
 
 @dataclass
@@ -220,8 +225,19 @@ class TrainConfig:
     """'deepspeed' (ZeRO) or 'torch' (plain all-reduce over dp x cp)."""
     zero_stage: int = 1
     """DeepSpeed ZeRO stage 0-3."""
-    activation_checkpointing: bool = False
-    """Recompute each block in the backward (saves activation memory at long seq_len)."""
+    activation_checkpointing: bool | str = False
+    """What the backward recomputes instead of keeping: false/'none', true/'full' (every block),
+    'ffn' (every block's SwiGLU only) or 'auto' (the least that `lhdist check` estimates to fit
+    the device's memory, block by block)."""
+    compile: bool = False
+    """torch.compile each transformer block (one graph per attention kind, shared by all blocks;
+    the Lighthouse op traces whole; CP attention runs eager between the compiled parts)."""
+    sdpa_priority: str = "cudnn"
+    """CUDA SDPA kernel order for the dense and Lighthouse attention calls: 'cudnn' (cuDNN, then
+    flash, memory-efficient, math: the first that takes the inputs) or 'default' (torch's)."""
+    profile_steps: list[int] = field(default_factory=list)
+    """[first, last] (or several such pairs): a torch.profiler trace of each window of steps into
+    <run_dir>/profile/ (chrome trace JSON, for Perfetto or chrome://tracing); empty: none."""
     loss_chunk_tokens: int = 8192
     """Tokens per chunk of the output projection + cross-entropy (full logits never exist)."""
     dtype: str = "auto"
@@ -620,6 +636,7 @@ def validate(cfg: Config, world_size: int) -> None:
             raise ValueError(f"{key}={value!r} must be one of {options}")
     if not 0 <= t.zero_stage <= 3:
         raise ValueError(f"train.zero_stage={t.zero_stage} must be 0, 1, 2 or 3")
+    validate_speed(cfg)
     if o.lr <= 0 or o.warmup_steps < 0 or not 0 <= o.min_lr_ratio <= 1 or o.grad_clip < 0:
         raise ValueError(
             f"optim.lr={o.lr} must be > 0, optim.warmup_steps={o.warmup_steps} >= 0, "
@@ -642,6 +659,46 @@ def validate(cfg: Config, world_size: int) -> None:
         raise ValueError(
             f"checkpoint.every={c.every} and checkpoint.keep_last={c.keep_last} must be >= 1"
         )
+
+
+def recompute_mode(cfg: Config) -> str:
+    """train.activation_checkpointing as one of RECOMPUTE_MODES (the booleans of older configs
+    are 'none' and 'full')."""
+    value = cfg.train.activation_checkpointing
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    return value
+
+
+def validate_speed(cfg: Config) -> None:
+    """Activation checkpointing mode, SDPA priority, profiled steps and prefetch depth."""
+    t = cfg.train
+    if recompute_mode(cfg) not in RECOMPUTE_MODES:
+        raise ValueError(
+            f"train.activation_checkpointing={t.activation_checkpointing!r} must be true, false "
+            f"or one of {RECOMPUTE_MODES}"
+        )
+    if t.compile and t.engine == "deepspeed" and t.zero_stage == 3:
+        raise ValueError(
+            "train.compile=true with train.engine=deepspeed and train.zero_stage=3 is not "
+            "supported: ZeRO-3 gathers each parameter in hooks that would run inside every "
+            "compiled block; use zero_stage <= 2, train.engine=torch, or train.compile=false"
+        )
+    if t.sdpa_priority not in SDPA_PRIORITIES:
+        raise ValueError(
+            f"train.sdpa_priority={t.sdpa_priority!r} must be one of {SDPA_PRIORITIES}"
+        )
+    steps = t.profile_steps
+    ordered = all(a <= b for a, b in zip(steps, steps[1:]))
+    if len(steps) % 2 or not ordered or (steps and not 1 <= steps[0] <= steps[-1] <= t.steps):
+        raise ValueError(
+            f"train.profile_steps={steps} must be [first, last] (or several such pairs, in "
+            f"order) with 1 <= first <= last <= train.steps={t.steps}"
+        )
+    if any(a == b for a, b in zip(steps[1::2], steps[2::2])):
+        raise ValueError(f"train.profile_steps={steps}: a window must start after the last ends")
+    if cfg.data.prefetch_batches < 0:
+        raise ValueError(f"data.prefetch_batches={cfg.data.prefetch_batches} must be >= 0")
 
 
 def validate_eval(cfg: Config) -> None:

@@ -215,8 +215,19 @@ def measured_peak_bytes(overrides: list[str], steps: int = 2) -> tuple[int, obje
             "--model.vocab_size=8192",
             "--train.loss_chunk_tokens=256",
         ],
+        [  # selective: only the SwiGLU branch recomputed
+            "--train.activation_checkpointing=ffn",
+            "--train.seq_len=1024",
+            "--lighthouse.num_levels=2",
+        ],
     ],
-    ids=["tiny-lighthouse", "tiny-dense-N1024", "tiny-ac-N1024", "tiny-ac-vocab8k-chunk256"],
+    ids=[
+        "tiny-lighthouse",
+        "tiny-dense-N1024",
+        "tiny-ac-N1024",
+        "tiny-ac-vocab8k-chunk256",
+        "tiny-ffn-N1024",
+    ],  # fmt: skip
 )
 def test_check_memory_estimate_within_20_percent_of_measured_cpu_step(overrides):
     torch.set_num_threads(2)
@@ -230,3 +241,45 @@ def test_check_memory_estimate_within_20_percent_of_measured_cpu_step(overrides)
         f"{overrides}: estimate {predicted / 2**20:.1f} MiB, measured {measured / 2**20:.1f} "
         f"MiB ({100 * (predicted / measured - 1):+.1f}%)"
     )
+
+
+BIG = ["--model.flavor=270m", "--train.seq_len=98304", "--lighthouse.topk=1536",
+       "--train.engine=torch"]  # fmt: skip
+
+
+def test_check_recompute_modes_order_and_auto_picks_the_least_that_fits():
+    from lhdist.check import AUTO_MEMORY_FRACTION, recompute_options, recompute_plan
+
+    cfg = load_for_check(None, [*BIG, "--train.activation_checkpointing=auto"], 1)
+    peaks = recompute_options(cfg, "cuda")
+    assert peaks["none"] > peaks["ffn"] > peaks["full"]
+    layers = cfg.model.num_layers
+    assert recompute_plan(cfg, "cuda", None) == ["none"] * layers  # no memory known
+    assert recompute_plan(cfg, "cuda", int(2 * peaks["none"])) == ["none"] * layers
+    assert recompute_plan(cfg, "cuda", int(peaks["full"] / 2)) == ["full"] * layers  # best effort
+    last_peak = peaks["none"]
+    for fraction in (0.9, 0.7, 0.5, 0.3):  # less memory: more recompute, and it still fits
+        memory = int(fraction * peaks["none"] / AUTO_MEMORY_FRACTION)
+        plan = recompute_plan(cfg, "cuda", memory)
+        peak = estimate_memory(cfg, "cuda", plan).peak
+        assert peak <= AUTO_MEMORY_FRACTION * memory and peak <= last_peak, (fraction, plan)
+        assert plan != ["none"] * layers
+        last_peak = peak
+    # Between ffn's and full's peak, full appears only in some blocks, after ffn everywhere.
+    memory = int((peaks["ffn"] + peaks["full"]) / 2 / AUTO_MEMORY_FRACTION)
+    plan = recompute_plan(cfg, "cuda", memory)
+    assert 0 < plan.count("full") < layers and plan.count("none") == 0
+
+
+def test_check_reports_which_recompute_mode_fits(capsys):
+    assert main([*BIG, "--train.activation_checkpointing=auto", "--gpu-memory-gib=80"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("recompute"))
+    assert "fit 85% of 80.00 GiB: ffn, full" in line and "auto: ffn in" in line
+    assert main([*BIG, "--train.activation_checkpointing=true"]) == 0  # older configs' boolean
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("recompute"))
+    assert line.endswith("full: full in 24 of 24 blocks")
+
+
+def test_check_rejects_unknown_recompute_mode(capsys):
+    assert main(["--train.activation_checkpointing=attention"]) == 2
+    assert "train.activation_checkpointing='attention' must be" in capsys.readouterr().err

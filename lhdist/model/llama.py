@@ -72,7 +72,11 @@ class Block(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn: AttentionFn
     ) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, attn)
-        return x + self.feed_forward(self.ffn_norm(x))
+        return x + self.feed_forward_branch(x)
+
+    def feed_forward_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's second residual branch (a unit of selective activation checkpointing)."""
+        return self.feed_forward(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):

@@ -7,14 +7,19 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.autograd.profiler import record_function
 
-from lhdist.config import Config, lighthouse_spec_of
+from lhdist.check import recompute_plan
+from lhdist.config import Config, lighthouse_spec_of, recompute_mode
 from lhdist.model import Transformer, causal_attention
 from lhdist.ops import LighthouseSpec, lighthouse_attention
+from lhdist.parallel.block_wrappers import checkpoint_blocks, checkpoint_feed_forwards, wrap_blocks
 
 BlockAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 STAGE_SPARSE, STAGE_DENSE = 1, 2
+ATTENTION_RANGE = "lhdist.attention"  # profiler range around every eager attention call
 
 
 def lighthouse_spec(cfg: Config) -> LighthouseSpec:
@@ -32,6 +37,7 @@ class AttentionRouter:
         self.sparse, self.dense = sparse, dense
         self.sparse_layers = frozenset(sparse_layers)
         self.stage = STAGE_SPARSE
+        self.recompute: list[str] = []  # each block's activation-checkpointing mode
 
     @contextlib.contextmanager
     def evaluating(self, stage: int, sparse: BlockAttention | None = None):
@@ -53,10 +59,15 @@ class AttentionRouter:
     def is_sparse(self, layer_idx: int) -> bool:
         return self.stage == STAGE_SPARSE and layer_idx in self.sparse_layers
 
+    def for_layer(self, layer_idx: int) -> BlockAttention:
+        """The attention `layer_idx` runs now (what a compiled block is handed)."""
+        return self.sparse if self.is_sparse(layer_idx) else self.dense
+
     def __call__(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_idx: int
     ) -> torch.Tensor:
-        return (self.sparse if self.is_sparse(layer_idx) else self.dense)(q, k, v)
+        with record_function(ATTENTION_RANGE):  # a profiler trace's attention share
+            return self.for_layer(layer_idx)(q, k, v)
 
 
 def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRouter:
@@ -64,15 +75,31 @@ def parallelize_model(model: Transformer, dims: Any, cfg: Config) -> AttentionRo
 
     One CP rank: `lighthouse_attention` / causal SDPA on the whole sequence. CP > 1: the ring
     versions over `dims.cp_group` in `cfg.parallel.layout`; inputs are then local shards.
-    Returns the router; `router.set_stage(2)` makes every layer dense.
+    Blocks get train.activation_checkpointing (per layer; `auto` from the device's memory) and
+    train.compile. Returns the router; `router.set_stage(2)` makes every layer dense.
     """
     spec = lighthouse_spec(cfg) if cfg.sparse_layers() else None
     sparse, dense = attention_functions(spec, dims, cfg)
     router = AttentionRouter(sparse, dense, cfg.sparse_layers())
     model.set_attention(router)
-    if cfg.train.activation_checkpointing:
-        apply_activation_checkpointing(model)
+    router.recompute = recompute_plan(cfg, *device_memory(model, cfg))
+    cp_degree = 1 if dims is None else dims.cp_degree
+    wrap_blocks(model, router.recompute, cfg.train.compile, fullgraph=cp_degree == 1)
     return router
+
+
+def device_memory(model: Transformer, cfg: Config) -> tuple[str, int | None]:
+    """(device type, bytes of memory per device) for the recompute plan: None off CUDA or unless
+    `auto` needs it; under a process group the smallest of all ranks, so that every rank picks
+    the same plan (a block fully recomputed on one CP rank only would run its collectives
+    there alone)."""
+    device = next(model.parameters()).device
+    if device.type != "cuda" or recompute_mode(cfg) != "auto":
+        return device.type, None
+    memory = torch.tensor(torch.cuda.get_device_properties(device).total_memory, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(memory, op=dist.ReduceOp.MIN)
+    return "cuda", int(memory)
 
 
 def attention_functions(
@@ -93,25 +120,20 @@ def attention_functions(
 
     group, layout = dims.cp_group, cfg.parallel.layout
 
+    # Collectives stay out of compiled graphs: a compiled block runs these eagerly.
+    @torch.compiler.disable
     def sparse_cp(q, k, v):
         return lighthouse_cp_attention(q, k, v, spec, group=group, layout=layout)
 
+    @torch.compiler.disable
     def dense_cp(q, k, v):
         return ring_attention(q, k, v, group=group, layout=layout, causal=True)
 
     return sparse_cp, dense_cp
 
 
-def apply_activation_checkpointing(model: Transformer) -> None:
-    """Recompute every block's forward during the backward. The recompute re-runs the block's
-    attention collectives in the same order on every rank, and the stage is read at forward
-    time, so a block recomputes with the attention it ran."""
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.layers:
-        forward = block.forward
-
-        def checkpointed(*args, _forward=forward):
-            return checkpoint(_forward, *args, use_reentrant=False)
-
-        block.forward = checkpointed
+def apply_activation_checkpointing(model: Transformer, plan: list[str] | None = None) -> None:
+    """Recompute in the backward what `plan` says per block (default: every block whole)."""
+    plan = plan or ["full"] * len(model.layers)
+    checkpoint_feed_forwards(model, plan)
+    checkpoint_blocks(model, plan)

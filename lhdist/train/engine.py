@@ -32,8 +32,9 @@ class Engine(Protocol):
         """The model's forward."""
 
     def backward(self, loss: torch.Tensor) -> None: ...
-    def step(self) -> float:
-        """Reduce gradients, clip, update, advance the lr; returns the global grad norm."""
+    def step(self) -> torch.Tensor | float:
+        """Reduce gradients, clip, update, advance the lr; returns the global grad norm (a
+        device tensor where it is one: reading it is the loop's once-per-interval sync)."""
 
     def lr(self) -> float: ...
     def save(self, directory: Path) -> None:
@@ -95,6 +96,7 @@ class TorchEngine:
     def __init__(self, model, optimizer, scheduler, cfg: Config, dims: Any) -> None:
         self.module, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.grad_clip = cfg.optim.grad_clip
+        self.skip_bad_updates = cfg.train.max_bad_steps > 0
         self.group = dims.grad_group
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.is_rank0 = dist.get_rank() == 0
@@ -108,7 +110,7 @@ class TorchEngine:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor:
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -118,14 +120,20 @@ class TorchEngine:
             for p, g in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
                 p.grad.copy_(g.view_as(p))
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        # The loop reads the norm back anyway; reading it before the update lets a non-finite
-        # one skip it (optimizer and schedule, as DeepSpeed's overflow check does).
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        if math.isfinite(norm):
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.skip_bad_updates:
+            # train.max_bad_steps > 0: a non-finite step's update is skipped (optimizer and
+            # schedule, as DeepSpeed's overflow check does), which needs the norm on the host.
+            if math.isfinite(float(norm)):
+                self.optimizer.step()
+                self.scheduler.step()
+        else:
+            # No host sync: a non-finite step stops the run at the next read-back, which comes
+            # before any eval or checkpoint, so the bad update is never used.
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return norm.detach()
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
@@ -267,14 +275,16 @@ class DeepSpeedEngine:
         self.engine.backward(loss * self.loss_scale)
         self.pending_micro_steps += 1
 
-    def step(self) -> float:
+    def step(self) -> torch.Tensor | float:
         assert self.engine.is_gradient_accumulation_boundary(), "step() before the last micro-batch"
         self.pending_micro_steps = 0
         # ZeRO-0 in fp32 reports no norm; its gradients are already reduced after backward.
         fallback = None if self.zero_stage else grad_norm(self.module.parameters())
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm if norm is not None else fallback)
+        if isinstance(norm, torch.Tensor):  # a copy: the loop reads it back steps later
+            norm = norm.detach().clone()
+        return norm if norm is not None else fallback
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lhdist.check import job_preflight
+from lhdist.check import describe_plan, job_preflight
 from lhdist.config import Config
 from lhdist.errors import RankFailure
 from lhdist.eval.heldout import build_heldout_eval, check_heldout_size
@@ -24,6 +24,7 @@ from lhdist.parallel import (
 from lhdist.parallel.parallelize import lighthouse_spec, parallelize_model
 from lhdist.train import checkpoint as ckpt
 from lhdist.train.agreement import agree, decide_on_rank0
+from lhdist.train.compile_check import check_compile_available
 from lhdist.train.data import (
     build_dataloader,
     default_cache_dir,
@@ -34,12 +35,22 @@ from lhdist.train.disk import check_writable
 from lhdist.train.engine import build_engine, check_engine_available
 from lhdist.train.flops import flops_per_token, peak_flops_per_device
 from lhdist.train.loss import IGNORE_INDEX
-from lhdist.train.metrics import JSONL, ComputeDtypeProbe, MetricsLogger, memory_gib
+from lhdist.train.metrics import (
+    JSONL,
+    ComputeDtypeProbe,
+    MetricsLogger,
+    memory_gib,
+    reset_peak_memory,
+)
 from lhdist.train.metrics_repair import ABANDONED, repair_metrics
 from lhdist.train.numerics import BadStepGuard
 from lhdist.train.partitioned_init import build_train_model
+from lhdist.train.prefetch import BatchPrefetcher
+from lhdist.train.profiling import StepProfiler
 from lhdist.train.resume import ResumePlan, plan_resume, write_run_file
 from lhdist.train.schedule import stage_at
+from lhdist.train.sdpa_priority import sdpa_priority
+from lhdist.train.step_readback import StepReadback
 from lhdist.train.tokenizer_files import keep_run_tokenizer
 from lhdist.train.watchdog import set_phase, start_watchdog, stop_watchdog
 
@@ -55,6 +66,7 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.train.deterministic:
         use_deterministic_kernels()
     device = pick_device(cfg)
+    check_compile_available(cfg, device.type)
     owns_process_group = not dist.is_initialized()
     if owns_process_group:
         init_distributed(
@@ -69,7 +81,8 @@ def train(cfg: Config) -> dict[str, Any]:
         # multi-TB dataset N times would stall the start); one rank's finding stops all, alike.
         set_phase("check inputs", 0)
         dataset, val_info, hf_init = agree(lambda: check_inputs(cfg, is_rank0))
-        return run(cfg, device, dataset, val_info, hf_init)
+        with sdpa_priority(cfg, device):  # cuDNN attention first where it takes the inputs
+            return run(cfg, device, dataset, val_info, hf_init)
     except BaseException as error:
         cause = stop_watchdog(error)
         if cause is not None:  # another rank's failure: name it, not the collective that saw it
@@ -185,6 +198,8 @@ def run(
             device=device.type,
             # ZeRO-3 leaves each parameter a partition; ds_numel is its whole size.
             params=sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
+            activation_checkpointing=describe_plan(router.recompute),
+            compile=t.compile,
         )
     if hf_init is not None:
         logger.event("init_from", 0, path=str(hf_init.folder), rope_changed=hf_init.notes)
@@ -197,14 +212,42 @@ def run(
     peak = peak_flops_per_device(cfg, device)
     lh_stats = lighthouse_stats(cfg)
     router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
-    batches = iter(loader)
+    # Batches are read, sharded and pinned ahead by a thread; the same ones, in the same order.
+    batches = BatchPrefetcher(
+        loader, lambda b: shard_batch(b, dims, cfg), device, cfg.data.prefetch_batches
+    )
     dtype_probe = ComputeDtypeProbe(model)
     loss_value, run_start, tokens_seen = float("nan"), time.perf_counter(), 0
     bad_steps = BadStepGuard(t.max_bad_steps)
+    readback = StepReadback(device)  # the step leaves its metrics on the device
+    profiler = StepProfiler(t.profile_steps, run_dir, rank, device)
+
+    def log_pending_steps() -> None:
+        """The one place where the steps since the last call are read back to the host (one
+        synchronisation) and logged."""
+        nonlocal loss_value, tokens_seen
+        for values in readback.read():
+            loss_value = values["loss"]
+            tokens_seen += values["tokens"]
+            # The same values on every rank, so every rank stops alike.
+            if bad_steps.check(values["step"], loss_value, values["grad_norm"]):
+                logger.event("bad_step", values["step"], loss=loss_value,
+                             grad_norm=values["grad_norm"], bad_steps=bad_steps.bad_steps,
+                             note="update skipped")  # fmt: skip
+            if not is_rank0:
+                continue
+            record = step_record(cfg, values, world, peak, device, lh_stats)
+            done = values["step"]
+            show = done % t.log_every == 0 or done == t.steps or done == start_step + 1
+            logger.step(record, show)
+            if done == start_step + 1:
+                logger.event("compute_dtype", done, dtype=dtype_probe.dtype)
 
     for step in range(start_step + 1, t.steps + 1):
         stage = stage_at(step, cfg)
         if stage != router.stage:
+            log_pending_steps()
+            reset_peak_memory(device)  # memory_gib from here on: this stage's peak
             logger.event(
                 "stage_switch",
                 step,
@@ -213,12 +256,12 @@ def run(
                 note="optimizer state and data position kept",
             )
             router.set_stage(stage)
-        step_start = time.perf_counter()
+        profiler.step_started(step)
+        step_start = readback.start()
 
         set_phase("data", step)
-        micro_batches = [
-            local_shard(next(batches), dims, cfg, device) for _ in range(t.grad_accum_steps)
-        ]
+        profiler.phase("data")
+        micro_batches = [next(batches) for _ in range(t.grad_accum_steps)]
 
         # Loss = sum of local token losses / tokens of the whole global batch (each token counted
         # once: CP shards partition a sequence), so gradients SUM over dp x cp and micro-batches.
@@ -227,58 +270,45 @@ def run(
         total_loss = torch.zeros((), device=device)
         for input_ids, labels in micro_batches:
             set_phase("forward", step)
+            profiler.phase("forward")
             loss_sum = forward(input_ids, labels)
             set_phase("backward", step)
+            profiler.phase("backward")
             engine.backward(loss_sum / global_tokens)
             total_loss += loss_sum.detach()
         lr = engine.lr()  # the lr this step uses; step() advances the schedule
         set_phase("optimizer step", step)
+        profiler.phase("optimizer_step")
         grad_norm = engine.step()
-
         dist.all_reduce(total_loss, group=dims.grad_group)
-        loss_value = float(total_loss / global_tokens)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_time = time.perf_counter() - step_start
-        tokens = int(global_tokens)
-        tokens_seen += tokens
-        if bad_steps.check(step, loss_value, grad_norm):  # same values on every rank
-            logger.event("bad_step", step, loss=loss_value, grad_norm=grad_norm,
-                         bad_steps=bad_steps.bad_steps, note="update skipped")  # fmt: skip
+        profiler.phase(None)
+        # No host sync here: loss, tokens and norm stay device tensors until the read-back.
+        readback.add(step, stage, lr, step_start, total_loss / global_tokens, global_tokens,
+                     grad_norm, memory_gib(device))  # fmt: skip
+        trace = profiler.step_ended(step)
 
-        if is_rank0:
-            record = step_record(
-                cfg,
-                step,
-                stage,
-                loss_value,
-                grad_norm,
-                lr,
-                tokens,
-                step_time,
-                world,
-                peak,
-                device,
-                lh_stats,
-            )
-            show = step % t.log_every == 0 or step == t.steps or step == start_step + 1
-            logger.step(record, show)
-            if step == start_step + 1:
-                logger.event("compute_dtype", step, dtype=dtype_probe.dtype)
+        evaluating = heldout is not None and heldout.due(step)
+        saving = cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps)
+        if (step % t.log_every == 0 or step == t.steps or step == start_step + 1 or evaluating
+                or saving or trace is not None):  # fmt: skip
+            log_pending_steps()
+        if trace is not None:
+            logger.event("profile", step, path=str(trace))
 
-        if heldout is not None and heldout.due(step):
+        if evaluating:
             set_phase("eval", step)
             record = heldout.run(forward, router)
             logger.event("eval", step, stage=stage, **record)
             logger.scalars("eval", record, step)
 
-        if cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps):
+        if saving:
             set_phase("checkpoint", step)
             path = ckpt.save_checkpoint(
-                cfg, engine, step, stage, {"data": loader.state_dict(), "step": step}, plan.run_id
+                cfg, engine, step, stage, {"data": batches.state_dict(), "step": step}, plan.run_id
             )
             logger.event("checkpoint", step, path=str(path))
 
+    batches.close()
     elapsed = time.perf_counter() - run_start
     summary = {
         "final_loss": bad_steps.last_finite_loss,
@@ -305,15 +335,23 @@ def compute_context(cfg: Config, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16_compute(device.type))
 
 
-def local_shard(
-    batch: tuple[torch.Tensor, torch.Tensor], dims: Any, cfg: Config, device: torch.device
+def shard_batch(
+    batch: tuple[torch.Tensor, torch.Tensor], dims: Any, cfg: Config
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This CP rank's tokens of a [B, N] (input_ids, labels) batch, on `device`."""
+    """This CP rank's tokens of a [B, N] (input_ids, labels) batch, where the batch is."""
     input_ids, labels = batch
     if dims.cp_degree > 1:
         layout = cfg.parallel.layout
         input_ids = shard_sequence(input_ids, dims.cp_rank, dims.cp_degree, layout, dim=1)
         labels = shard_sequence(labels, dims.cp_rank, dims.cp_degree, layout, dim=1)
+    return input_ids, labels
+
+
+def local_shard(
+    batch: tuple[torch.Tensor, torch.Tensor], dims: Any, cfg: Config, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This CP rank's tokens of a [B, N] (input_ids, labels) batch, on `device`."""
+    input_ids, labels = shard_batch(batch, dims, cfg)
     return input_ids.to(device), labels.to(device)
 
 
@@ -427,25 +465,25 @@ def lighthouse_stats(cfg: Config) -> dict[str, Any] | None:
     }
 
 
-def step_record(
-    cfg, step, stage, loss, grad_norm, lr, tokens, step_time, world, peak, device, lh_stats
-) -> dict[str, Any]:
-    tokens_per_s = tokens / step_time
+def step_record(cfg, values, world, peak, device, lh_stats) -> dict[str, Any]:
+    """The metrics.jsonl record of one step from its read-back `values` (StepReadback.read)."""
+    stage, tokens = values["stage"], values["tokens"]
+    tokens_per_s = tokens / values["step_time_s"]
     selected = lh_stats["lh_selected_len"] if lh_stats else None
     dense_fpt, executed_fpt = flops_per_token(cfg, stage, selected)
     record = {
-        "step": step,
+        "step": values["step"],
         "stage": stage,
-        "loss": loss,
-        "lr": lr,
-        "grad_norm": grad_norm,
+        "loss": values["loss"],
+        "lr": values["lr"],
+        "grad_norm": values["grad_norm"],
         "tokens": tokens,
-        "step_time_s": step_time,
+        "step_time_s": values["step_time_s"],
         "tokens_per_s": tokens_per_s,
         "tokens_per_s_per_device": tokens_per_s / world,
         "mfu_dense": tokens_per_s * dense_fpt / (peak * world) if peak else None,
         "mfu_executed": tokens_per_s * executed_fpt / (peak * world) if peak else None,
-        "memory_gib": memory_gib(device),
+        "memory_gib": values["memory_gib"],
     }
     if lh_stats and stage == 1:
         record.update(lh_stats)

@@ -16,15 +16,29 @@ JSONL = "metrics.jsonl"
 
 class ComputeDtypeProbe:
     """The dtype the first nn.Linear of `model` computed in at its first forward (bf16 when
-    autocast reached the engine's forward, fp32 when something turned it off); then detaches."""
+    autocast reached the engine's forward, fp32 when something turned it off); then detaches.
+
+    With compiled blocks (`model.blocks_compiled`) a hook inside them would cost a graph of its
+    own; there it records the autocast dtype the model's forward ran (and its blocks were
+    traced) under, which is the dtype their linears compute in."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.dtype: str | None = None
+        if getattr(model, "blocks_compiled", False):
+            self.handle = model.register_forward_pre_hook(self.record_autocast)
+            return
         linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
         self.handle = linear.register_forward_hook(self.record)
 
     def record(self, module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
         self.dtype = str(out.dtype).removeprefix("torch.")
+        self.handle.remove()
+
+    def record_autocast(self, module: torch.nn.Module, args: Any) -> None:
+        device = args[0].device.type
+        on = torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if on else module.output.weight.dtype
+        self.dtype = str(dtype).removeprefix("torch.")
         self.handle.remove()
 
 
@@ -33,6 +47,13 @@ def memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new CUDA allocator peak (at the stage switch: each stage reports its own); the
+    CPU's peak RSS cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def format_line(record: dict[str, Any], total_steps: int) -> str:

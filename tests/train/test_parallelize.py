@@ -41,14 +41,39 @@ def test_lighthouse_disabled_means_dense_everywhere():
     assert not any(router.is_sparse(i) for i in range(4))
 
 
-def test_activation_checkpointing_gives_identical_gradients():
+@pytest.mark.parametrize("stage", [1, 2])
+def test_activation_checkpointing_gives_identical_gradients(stage):
     ids = torch.randint(0, 256, (1, 512))
     grads = []
-    for ac in (False, True):
+    modes = (False, True, "none", "ffn", "full")  # the booleans of older configs still work
+    for ac in modes:
         cfg = load_config(overrides=[*OVERRIDES, f"--train.activation_checkpointing={ac}"])
         model = build_model(cfg.model, seed=0)
-        parallelize_model(model, None, cfg)
+        router = parallelize_model(model, None, cfg)
+        router.set_stage(stage)
         model(ids, torch.arange(512)).logsumexp(-1).mean().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_activation_checkpointing_recomputes_what_its_mode_says():
+    """ffn recomputes only the SwiGLU branch, full the whole block (counted forward calls; pre-
+    hooks, since a recompute stops as soon as it has what the backward needs)."""
+    ids = torch.randint(0, 256, (1, 512))
+    for mode, ffn_calls, attention_calls in (("none", 4, 4), ("ffn", 8, 4), ("full", 8, 8)):
+        cfg = load_config(overrides=[*OVERRIDES, f"--train.activation_checkpointing={mode}"])
+        model = build_model(cfg.model, seed=0)
+        calls = {"ffn": 0, "attention": 0}
+        for block in model.layers:
+            for name in calls:
+                module = block.feed_forward if name == "ffn" else block.attention
+                module.register_forward_pre_hook(
+                    lambda *a, _name=name, _calls=calls: _calls.__setitem__(
+                        _name, _calls[_name] + 1
+                    )
+                )
+        parallelize_model(model, None, cfg)
+        model(ids, torch.arange(512)).logsumexp(-1).mean().backward()
+        assert (calls["ffn"], calls["attention"]) == (ffn_calls, attention_calls), mode
