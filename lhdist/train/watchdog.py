@@ -227,7 +227,9 @@ class Watchdog:
             problem = None
             try:
                 self._publish()
-                if time.monotonic() >= next_check:
+                # Until every peer has been seen once, look each beat: a peer that dies in the
+                # first period (taking the store with it) is then still known by pid and host.
+                if time.monotonic() >= next_check or not self._all_seen():
                     next_check = time.monotonic() + self.interval_s
                     problem = self._check()
                 store_failing_since = None
@@ -247,6 +249,9 @@ class Watchdog:
                 self.exit(1)
                 return
             self._stop.wait(MIN_PUBLISH_GAP_S)  # fast steps: at most ~20 heartbeats a second
+
+    def _all_seen(self) -> bool:
+        return all(view.state is not None for view in self._views.values())
 
     def _key(self, rank: int) -> str:
         return f"{PREFIX}/rank{rank}"

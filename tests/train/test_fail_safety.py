@@ -154,7 +154,9 @@ def test_nonfinite_step_stops_the_run_unless_tolerated(tmp_path):
 def test_torch_engine_skips_the_update_of_a_nonfinite_step(one_rank_group):
     from lhdist.train.engine import TorchEngine
 
-    cfg = load_config(overrides=["--train.engine=torch", "--optim.warmup_steps=0"])
+    cfg = load_config(
+        overrides=["--train.engine=torch", "--optim.warmup_steps=0", "--train.max_bad_steps=1"]
+    )
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
