@@ -191,6 +191,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {
         "steps": len(steps),
         "loss": [r["loss"] for r in steps],
+        "step_time_s": [r["step_time_s"] for r in steps],
         "stage": [r["stage"] for r in steps],
         "evals": evals,
         "final_val_loss_dense": last["val_loss_dense"],
@@ -226,6 +227,7 @@ def paired(diffs: list[float]) -> dict[str, Any]:
         "sem": sem,
         "ci95": [mean - half, mean + half],
         "within_noise": bool(mean - half <= 0.0 <= mean + half),
+        "same_sign_all_seeds": bool(all(d > 0 for d in diffs) or all(d < 0 for d in diffs)),
     }
 
 
@@ -252,6 +254,29 @@ def passkey_mean(rows: list[dict] | None) -> dict[str, float] | None:
     for r in rows:
         by_mode.setdefault(r["attention"], []).append(r["accuracy"])
     return {mode: statistics.fmean(v) for mode, v in by_mode.items()}
+
+
+def val_at_wall(run: dict[str, Any], seconds: float) -> float:
+    """The run's held-out loss (dense attention) after `seconds` of steps, linear between its
+    evals; past its last eval, that eval's value."""
+    elapsed, clock = 0.0, {}
+    for step, dt in enumerate(run["step_time_s"], start=1):
+        elapsed += dt
+        clock[step] = elapsed
+    points = [(clock[e["step"]], e["val_loss_dense"]) for e in run["evals"] if e["step"] in clock]
+    if seconds >= points[-1][0]:
+        return points[-1][1]
+    for (w0, v0), (w1, v1) in zip([(0.0, points[0][1]), *points], points):
+        if w0 <= seconds <= w1:
+            return v0 + (v1 - v0) * (seconds - w0) / (w1 - w0) if w1 > w0 else v1
+    raise AssertionError("unreachable: seconds lies within the evals")
+
+
+def equal_wall_clock(run: dict[str, Any], base: dict[str, Any]) -> float:
+    """Run minus baseline held-out loss when the faster of the two finished: what a fixed
+    time budget buys (the slower one's loss is interpolated at that moment)."""
+    budget = min(run["wall_s"], base["wall_s"])
+    return val_at_wall(run, budget) - val_at_wall(base, budget)
 
 
 def summarise(args, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -305,6 +330,9 @@ def summarise(args, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 r["final_val_loss_dense"] - base[r["seed"]]["final_val_loss_dense"] for r in mine
             ]
             summary["vs_baseline_val_loss_dense"] = paired(val_diffs)
+            summary["vs_baseline_val_loss_dense_equal_wall_clock"] = paired(
+                [equal_wall_clock(r, base[r["seed"]]) for r in mine]
+            )
             summary["wall_clock_ratio_vs_baseline"] = statistics.fmean(
                 base[r["seed"]]["wall_s"] / r["wall_s"] for r in mine
             )
@@ -330,12 +358,16 @@ def verdicts(arms: dict[str, Any], baseline: str) -> list[str]:
             if d["within_noise"]
             else ("worse than" if d["mean"] > 0 else "better than") + f" {baseline} beyond noise"
         )
+        if d["within_noise"] and d["same_sign_all_seeds"]:
+            where += ", though every seed is " + ("above" if d["mean"] > 0 else "below")
+        w = a["vs_baseline_val_loss_dense_equal_wall_clock"]
         lines.append(
             f"{name}: final held-out loss (dense attention) {a['final_val_loss_dense']:.4f} vs "
             f"{baseline} {arms[baseline]['final_val_loss_dense']:.4f}; paired difference "
             f"{d['mean']:+.4f} +- {d['sem']:.4f} s.e. over {len(d['per_seed'])} seeds, 95% "
             f"[{lo:+.4f}, {hi:+.4f}]: {where}; wall-clock {a['wall_clock_ratio_vs_baseline']:.2f}x"
-            f" shorter than {baseline}"
+            f" shorter than {baseline}; at equal wall-clock {w['mean']:+.4f} +- {w['sem']:.4f} "
+            f"({'within noise' if w['within_noise'] else 'beyond noise'})"
         )
     return lines
 

@@ -77,6 +77,8 @@ def test_two_arms_three_seeds_write_paired_results(tmp_path):
     assert paired["per_seed"] == pytest.approx(diffs)
     assert paired["ci95"][0] < paired["mean"] < paired["ci95"][1]
     assert len(payload["verdicts"]) == 1 and "lighthouse" in payload["verdicts"][0]
+    assert "at equal wall-clock" in payload["verdicts"][0]
+    assert len(lh["vs_baseline_val_loss_dense_equal_wall_clock"]["per_seed"]) == 3
     leak = lh["per_seed"][0]["leak"]
     assert leak["step"] == 3 and "lighthouse_minus_causal" in leak
     assert lh["per_seed"][0]["passkey_mean"].keys() == {"dense", "lighthouse"}
@@ -98,3 +100,23 @@ def test_bad_arguments_exit_before_any_run(tmp_path, capsys):
     assert e.value.code == 2 and "at least 3" in capsys.readouterr().err
     assert bench_quality.main(["--name", "x", "--set", "train.nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_equal_wall_clock_interpolates_the_slower_run_at_the_faster_ones_end():
+    # Evals at steps 2 and 4. The fast run takes 1 s per step (4 s); the slow one 2 s per step,
+    # so at 4 s it has done 2 steps: its step-2 eval.
+    fast = {
+        "step_time_s": [1.0] * 4,
+        "wall_s": 4.0,
+        "evals": [{"step": 2, "val_loss_dense": 3.0}, {"step": 4, "val_loss_dense": 2.0}],
+    }
+    slow = {
+        "step_time_s": [2.0] * 4,
+        "wall_s": 8.0,
+        "evals": [{"step": 2, "val_loss_dense": 2.8}, {"step": 4, "val_loss_dense": 1.6}],
+    }
+    assert bench_quality.val_at_wall(slow, 4.0) == pytest.approx(2.8)
+    assert bench_quality.val_at_wall(slow, 6.0) == pytest.approx(2.2)  # halfway to step 4
+    assert bench_quality.val_at_wall(slow, 99.0) == pytest.approx(1.6)  # past the last eval
+    assert bench_quality.equal_wall_clock(fast, slow) == pytest.approx(2.0 - 2.8)
+    assert bench_quality.equal_wall_clock(slow, fast) == pytest.approx(2.8 - 2.0)
