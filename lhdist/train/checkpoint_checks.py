@@ -4,11 +4,12 @@ of this run's shape (one line instead of a screen of `size mismatch`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lhdist.train.json_file import read_json_object
 
 META = "meta.json"
 # The dims that fix every weight's shape.
@@ -27,14 +28,7 @@ def parse_meta(path: Path) -> dict[str, Any]:
     meta_file = Path(path) / META
     if not meta_file.is_file():
         raise ValueError(f"{path} is not a checkpoint: {META} is missing")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(
-            f"{meta_file} is not valid JSON ({e}): the checkpoint is corrupt"
-        ) from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_file} holds a {type(meta).__name__}, expected an object")
+    meta = read_json_object(meta_file, "the checkpoint is corrupt")
     for name, tp in META_FIELDS.items():
         if not isinstance(meta.get(name), tp) or isinstance(meta.get(name), bool):
             raise ValueError(

@@ -4,7 +4,6 @@ temporary folders of killed prepares."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from lhdist.train.json_file import read_json_object
 from lhdist.train.watchdog import pid_alive
 
 # field -> (type, what it means): what _check_index reads from each shard of index.json.
@@ -74,14 +74,7 @@ def check_index_schema(obj: Any, index: Path) -> None:
 
 def read_dataset_meta(meta_file: Path) -> dict[str, Any]:
     """lhdist.json, checked: an object whose known fields have their types."""
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(
-            f"{meta_file} is not valid JSON ({e}): prepare the dataset again"
-        ) from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_file} holds a {type(meta).__name__}, expected an object")
+    meta = read_json_object(meta_file, "prepare the dataset again")
     _check_fields(meta, META_FIELDS, str(meta_file), required=False)
     if meta.get("vocab_size") == 0:
         raise ValueError(f"{meta_file} has vocab_size=0, expected >= 1")
