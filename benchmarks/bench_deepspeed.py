@@ -20,28 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, environment, write_results  # noqa: E402
+from runs import RunFailed, read_metrics, run_logged  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "quality_32k_25m.yaml"
 GIB = 2**30
-# Lines of a run's output echoed to the console (the rest goes to its log.txt only).
-ECHO = ("step ", "[start]", "[done]", "[resume]", "[checkpoint]", "[compute_dtype]", "lhdist")
-
-
-class RunFailed(RuntimeError):
-    pass
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,55 +90,6 @@ def engine_overrides(stage: int | None) -> list[str]:
 def train_command(args, overrides: list[str], run_dir: Path) -> list[str]:
     cmd = [args.python, "-m", "lhdist.train", "--config", args.config]
     return cmd + [f"--{kv}" for kv in overrides] + [f"--train.run_dir={run_dir}"]
-
-
-def run_logged(
-    cmd: list[str], run_dir: Path, label: str, timeout_s: float, tag: str = "deepspeed"
-) -> None:
-    """Run `cmd`, its output into run_dir/log.txt with progress lines echoed; RunFailed on a
-    non-zero exit or after `timeout_s` (the whole process group is killed: nothing hangs)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    log_path = run_dir / "log.txt"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    print(f"[{tag}] {label}: {shlex.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-        timer = threading.Timer(timeout_s, lambda: os.killpg(proc.pid, signal.SIGKILL))
-        timer.start()
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                if line.startswith(ECHO):
-                    print(f"  {label}: {line.rstrip()}", flush=True)
-            code = proc.wait()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:  # interrupted: take the run down with us
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    took = time.perf_counter() - start
-    if code != 0:
-        tail = "\n".join(log_path.read_text().splitlines()[-20:])
-        why = f"killed after {timeout_s:.0f} s" if took >= timeout_s else f"exited {code}"
-        raise RunFailed(f"{label} {why} (log: {log_path}):\n{tail}")
-    print(f"[{tag}] {label}: done in {took:.1f} s", flush=True)
-
-
-def read_metrics(run_dir: Path) -> tuple[dict[int, dict], list[dict]]:
-    """(step -> its last record, events) of a run's metrics.jsonl."""
-    steps, events = {}, []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "event" in record:
-            events.append(record)
-        else:
-            steps[record["step"]] = record
-    return steps, events
 
 
 def summarise_run(run_dir: Path, warmup_steps: int) -> dict[str, Any]:

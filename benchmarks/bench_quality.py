@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, environment  # noqa: E402
+from runs import read_metrics  # noqa: E402
 
 # Two-sided 95% Student-t quantiles by degrees of freedom (n seeds - 1); beyond 10: 2.0.
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
@@ -164,13 +165,14 @@ def collect_runs(args) -> list[dict[str, Any]]:
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """Per-step losses, evals and stage timings of one run from its metrics.jsonl."""
-    steps, evals, final = [], [], None
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("event") == "eval":
-            evals.append({k: v for k, v in record.items() if k not in ("event", "time")})
-        elif "event" not in record:
-            steps.append(record)
+    by_step, events = read_metrics(run_dir)
+    steps = [by_step[s] for s in sorted(by_step)]
+    evals = [
+        {k: v for k, v in e.items() if k not in ("event", "time")}
+        for e in events
+        if e["event"] == "eval"
+    ]
+    final = None
     if not steps or not evals:
         raise RuntimeError(f"{run_dir}: no steps or no eval records in metrics.jsonl")
     by_stage: dict[int, list[dict]] = {}

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deepspeed import RunFailed, read_metrics, run_logged  # noqa: E402
 from common import RESULTS_DIR, environment, write_results  # noqa: E402
+from runs import RunFailed, read_metrics, run_logged  # noqa: E402
 from train_time_split import steps_in_name, time_split  # noqa: E402
 
 GIB = 2**30
