@@ -1,6 +1,8 @@
 """DeepSpeed ZeRO 0-3 against the torch engine on this device: dtype, losses, speed, memory.
 
     python benchmarks/bench_deepspeed.py --name h200            # 25M model at 32K, 50 steps
+    python benchmarks/bench_deepspeed.py --name h200_270m_98k --flavor 270m --seq-len 98304 \
+        --set lighthouse.topk=1536 --steps 12 --warmup-steps 4 --resume-stages
     python benchmarks/bench_deepspeed.py --name cpu --config configs/tiny_cpu.yaml \
         --seq-len 512 --steps 6 --set model.num_layers=2
 
@@ -29,14 +31,18 @@ from common import RESULTS_DIR, environment, write_results  # noqa: E402
 from runs import RunFailed, read_metrics, run_logged  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = ROOT / "configs" / "quality_32k_25m.yaml"
+CONFIG_NAME = "configs/quality_32k_25m.yaml"
+DEFAULT_CONFIG = ROOT / CONFIG_NAME
 GIB = 2**30
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--name", required=True, help="results file: <date>_deepspeed_<name>.json")
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="base YAML of every run")
+    ap.add_argument("--config", default=None, help=f"base YAML of all runs (default {CONFIG_NAME})")
+    ap.add_argument(
+        "--flavor", default=None, help="model.flavor on lhdist's defaults instead of a base YAML"
+    )
     ap.add_argument("--steps", type=int, default=50, help="steps of each run (all Lighthouse)")
     ap.add_argument("--seq-len", type=int, default=32768, help="train.seq_len")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, all runs")
@@ -49,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out-dir", default=str(RESULTS_DIR), help="where the results JSON goes")
     ap.add_argument("--python", default=sys.executable, help="interpreter of the runs")
     args = ap.parse_args(argv)
+    if args.flavor and args.config:
+        ap.error("--flavor and --config exclude each other (a flavor runs on lhdist's defaults)")
+    if args.flavor:
+        args.set = [f"model.flavor={args.flavor}", *args.set]
+    elif not args.config:
+        args.config = str(DEFAULT_CONFIG)
     for stage in [*args.stages, *args.resume_stages]:
         if not 0 <= stage <= 3:
             ap.error(f"ZeRO stage {stage} must be 0, 1, 2 or 3")
@@ -88,7 +100,8 @@ def engine_overrides(stage: int | None) -> list[str]:
 
 
 def train_command(args, overrides: list[str], run_dir: Path) -> list[str]:
-    cmd = [args.python, "-m", "lhdist.train", "--config", args.config]
+    cmd = [args.python, "-m", "lhdist.train"]
+    cmd += ["--config", args.config] if args.config else []
     return cmd + [f"--{kv}" for kv in overrides] + [f"--train.run_dir={run_dir}"]
 
 
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(),
         "config": {
             "file": args.config,
+            "flavor": args.flavor,
             "steps": args.steps,
             "seq_len": args.seq_len,
             "set": args.set,

@@ -26,9 +26,9 @@ part() {  # part LIMIT_S RUN_LIMIT_S ARGS...: one bench_train invocation under a
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 # 1. The dense kernel: cuDNN first (the default) vs torch's order (flash), eager.
 part 170 150 --name h200_270m_98k_eager "${M270_98K[@]}" --sdpa-priority cudnn default
-# 2. The 25M model at 32K, eager and compiled.
-part 150 100 --name h200_25m_32k "${M25_32K[@]}" --compile off on
-# 3. 98K compiled (inductor; two graphs: Lighthouse block and dense block).
+# 2. 98K compiled (inductor; two graphs: Lighthouse block and dense block).
 part 170 160 --name h200_270m_98k_compiled "${M270_98K[@]}" --compile on
+# 3. The 25M model at 32K, eager and compiled.
+part 150 100 --name h200_25m_32k "${M25_32K[@]}" --compile off on
 ls -l "$OUT_DIR"/*train_step_h200_* 2>/dev/null
 exit $status
