@@ -30,8 +30,10 @@ def build_train_model(cfg: Config, dims: Any, device: torch.device) -> nn.Module
     deepspeed = import_deepspeed(device.type)
     with deepspeed.zero.Init(
         data_parallel_group=dims.grad_group,
+        # dtype stays None: the config (no bf16/fp16 section: fp32 master weights) then gives
+        # fp32. DeepSpeed 0.19.8 ignores an explicit dtype where the accelerator reports no fp16
+        # support (an operator-precedence slip in Init._set_dtype) and builds bf16 on such CPUs.
         config_dict_or_path=deepspeed_config(cfg, device.type),
-        dtype=torch.float32,
         mem_efficient_linear=False,  # it patches F.linear only while the context is open
     ):
         model = build_model(cfg.model, seed=cfg.train.seed, device=device)
@@ -41,6 +43,8 @@ def build_train_model(cfg: Config, dims: Any, device: torch.device) -> nn.Module
     # time, in its order: the same weights as a plain build. Every rank draws the same numbers;
     # rank 0's are kept.
     for name, p in model.named_parameters():
+        if p.dtype != torch.float32:
+            raise RuntimeError(f"deepspeed.zero.Init built {name} in {p.dtype}, not float32")
         with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
             model.init_parameter(name, p)
     return model
