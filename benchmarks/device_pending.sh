@@ -5,16 +5,8 @@
 #   call 2+: sleep 580; bash scripts/gpu_job.sh collect          (carry [".whl"] every time)
 # Each part has a hard limit and its own log under /tmp/job; results JSON go to /tmp/job/results.
 set -u
-JOB=/tmp/job
-RES=$JOB/results
-mkdir -p "$RES"
-part() {  # part NAME LIMIT_S COMMAND...
-  local name=$1 limit=$2
-  shift 2
-  echo "== $(date +%T) $name (limit ${limit}s)"
-  timeout "$limit" "$@" > "$JOB/$name.log" 2>&1
-  echo "== $(date +%T) $name exit $?"
-}
+JOB=/tmp/job OUT=  # detached: scripts/gpu_job.sh collect packs /tmp/job
+source benchmarks/device_part.sh  # part NAME LIMIT_S COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # 1. Issue 15: DeepSpeed ZeRO 0-3 in bf16 vs the torch engine at 32K, memory vs estimate, resume.
 part deepspeed 330 python3 benchmarks/bench_deepspeed.py --name h200 --out-dir "$RES" \

@@ -243,72 +243,79 @@ def run(
             if done == start_step + 1:
                 logger.event("compute_dtype", done, dtype=dtype_probe.dtype)
 
-    for step in range(start_step + 1, t.steps + 1):
-        stage = stage_at(step, cfg)
-        if stage != router.stage:
-            log_pending_steps()
-            reset_peak_memory(device)  # memory_gib from here on: this stage's peak
-            logger.event(
-                "stage_switch",
-                step,
-                from_stage=router.stage,
-                to_stage=stage,
-                note="optimizer state and data position kept",
+    # A step that raises must not leave the read-ahead thread inside torch: at interpreter
+    # exit a daemon thread in C++ code aborts the process ("terminate called without an
+    # active exception").
+    try:
+        for step in range(start_step + 1, t.steps + 1):
+            stage = stage_at(step, cfg)
+            if stage != router.stage:
+                log_pending_steps()
+                reset_peak_memory(device)  # memory_gib from here on: this stage's peak
+                logger.event(
+                    "stage_switch",
+                    step,
+                    from_stage=router.stage,
+                    to_stage=stage,
+                    note="optimizer state and data position kept",
+                )
+                router.set_stage(stage)
+            profiler.step_started(step)
+            step_start = readback.start()
+
+            set_phase("data", step)
+            profiler.phase("data")
+            micro_batches = [next(batches) for _ in range(t.grad_accum_steps)]
+
+            # Loss = sum of local token losses / tokens of the whole global batch (each token
+            # counted once: CP shards partition a sequence), so gradients SUM over dp x cp and
+            # micro-batches.
+            global_tokens = sum((labels != IGNORE_INDEX).sum() for _, labels in micro_batches)
+            dist.all_reduce(global_tokens, group=dims.grad_group)
+            total_loss = torch.zeros((), device=device)
+            for input_ids, labels in micro_batches:
+                set_phase("forward", step)
+                profiler.phase("forward")
+                loss_sum = forward(input_ids, labels)
+                set_phase("backward", step)
+                profiler.phase("backward")
+                engine.backward(loss_sum / global_tokens)
+                total_loss += loss_sum.detach()
+            lr = engine.lr()  # the lr this step uses; step() advances the schedule
+            set_phase("optimizer step", step)
+            profiler.phase("optimizer_step")
+            grad_norm = engine.step()
+            dist.all_reduce(total_loss, group=dims.grad_group)
+            profiler.phase(None)
+            # No host sync here: loss, tokens and norm stay device tensors until the read-back.
+            readback.add(step, stage, lr, step_start, total_loss / global_tokens, global_tokens,
+                         grad_norm, memory_gib(device))  # fmt: skip
+            trace = profiler.step_ended(step)
+
+            evaluating = heldout is not None and heldout.due(step)
+            saving = cfg.checkpoint.enabled and (
+                step % cfg.checkpoint.every == 0 or step == t.steps
             )
-            router.set_stage(stage)
-        profiler.step_started(step)
-        step_start = readback.start()
+            if (step % t.log_every == 0 or step == t.steps or step == start_step + 1 or evaluating
+                    or saving or trace is not None):  # fmt: skip
+                log_pending_steps()
+            if trace is not None:
+                logger.event("profile", step, path=str(trace))
 
-        set_phase("data", step)
-        profiler.phase("data")
-        micro_batches = [next(batches) for _ in range(t.grad_accum_steps)]
+            if evaluating:
+                set_phase("eval", step)
+                record = heldout.run(forward, router)
+                logger.event("eval", step, stage=stage, **record)
+                logger.scalars("eval", record, step)
 
-        # Loss = sum of local token losses / tokens of the whole global batch (each token counted
-        # once: CP shards partition a sequence), so gradients SUM over dp x cp and micro-batches.
-        global_tokens = sum((labels != IGNORE_INDEX).sum() for _, labels in micro_batches)
-        dist.all_reduce(global_tokens, group=dims.grad_group)
-        total_loss = torch.zeros((), device=device)
-        for input_ids, labels in micro_batches:
-            set_phase("forward", step)
-            profiler.phase("forward")
-            loss_sum = forward(input_ids, labels)
-            set_phase("backward", step)
-            profiler.phase("backward")
-            engine.backward(loss_sum / global_tokens)
-            total_loss += loss_sum.detach()
-        lr = engine.lr()  # the lr this step uses; step() advances the schedule
-        set_phase("optimizer step", step)
-        profiler.phase("optimizer_step")
-        grad_norm = engine.step()
-        dist.all_reduce(total_loss, group=dims.grad_group)
-        profiler.phase(None)
-        # No host sync here: loss, tokens and norm stay device tensors until the read-back.
-        readback.add(step, stage, lr, step_start, total_loss / global_tokens, global_tokens,
-                     grad_norm, memory_gib(device))  # fmt: skip
-        trace = profiler.step_ended(step)
+            if saving:
+                set_phase("checkpoint", step)
+                position = {"data": batches.state_dict(), "step": step}
+                path = ckpt.save_checkpoint(cfg, engine, step, stage, position, plan.run_id)
+                logger.event("checkpoint", step, path=str(path))
 
-        evaluating = heldout is not None and heldout.due(step)
-        saving = cfg.checkpoint.enabled and (step % cfg.checkpoint.every == 0 or step == t.steps)
-        if (step % t.log_every == 0 or step == t.steps or step == start_step + 1 or evaluating
-                or saving or trace is not None):  # fmt: skip
-            log_pending_steps()
-        if trace is not None:
-            logger.event("profile", step, path=str(trace))
-
-        if evaluating:
-            set_phase("eval", step)
-            record = heldout.run(forward, router)
-            logger.event("eval", step, stage=stage, **record)
-            logger.scalars("eval", record, step)
-
-        if saving:
-            set_phase("checkpoint", step)
-            path = ckpt.save_checkpoint(
-                cfg, engine, step, stage, {"data": batches.state_dict(), "step": step}, plan.run_id
-            )
-            logger.event("checkpoint", step, path=str(path))
-
-    batches.close()
+    finally:
+        batches.close()
     elapsed = time.perf_counter() - run_start
     summary = {
         "final_loss": bad_steps.last_finite_loss,

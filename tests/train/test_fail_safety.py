@@ -169,3 +169,38 @@ def test_torch_engine_skips_the_update_of_a_nonfinite_step(one_rank_group):
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not opt.state and model.weight.grad is None  # no Adam moments; gradients cleared
+
+
+def test_a_step_that_raises_stops_the_read_ahead_thread(tmp_path, monkeypatch):
+    # A read-ahead thread left inside torch aborts the process at interpreter exit ("terminate
+    # called without an active exception", seen as a rank's SIGABRT after a nan loss).
+    import threading
+
+    import lhdist.train.loop as loop
+    from lhdist.train.numerics import NonFiniteError
+    from tests.train.test_training import FAST
+
+    build = loop.build_engine
+
+    def nan_loss_engine(model, cfg, dims):
+        engine = build(model, cfg, dims)
+        forward = engine.__call__
+
+        class NanLoss:
+            def __getattr__(self, name):
+                return getattr(engine, name)
+
+            def __call__(self, *args, **kwargs):
+                return forward(*args, **kwargs) * float("nan")
+
+        return NanLoss()
+
+    monkeypatch.setattr(loop, "build_engine", nan_loss_engine)
+    overrides = [*FAST, "--train.engine=torch", "--eval.batches=0", "--train.steps=4",
+                 "--train.stage1_steps=2", "--data.prefetch_batches=2",
+                 f"--train.run_dir={tmp_path}/r"]  # fmt: skip
+    cfg = load_config(overrides=overrides)
+    with pytest.raises(NonFiniteError, match="step 1: loss nan"):
+        loop.train(cfg)
+    alive = [t.name for t in threading.enumerate() if t.name == "lhdist-prefetch"]
+    assert alive == []
