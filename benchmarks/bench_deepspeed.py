@@ -28,12 +28,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, environment, write_results  # noqa: E402
-from runs import RunFailed, read_metrics, run_logged  # noqa: E402
+from runs import RunFailed, estimated_peak_gib, read_metrics, run_logged  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_NAME = "configs/quality_32k_25m.yaml"
 DEFAULT_CONFIG = ROOT / CONFIG_NAME
-GIB = 2**30
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -126,11 +125,12 @@ def max_diff(a: dict[int, float], b: dict[int, float]) -> float:
 
 
 def estimate_gib(args, overrides: list[str], device_type: str) -> float:
-    """`lhdist check`'s peak estimate for this run's config on one rank."""
-    from lhdist.check import estimate_memory, load_for_check
+    """`lhdist check`'s stage-1 peak estimate (every step of a run here is Lighthouse) on one
+    rank, with the activation-checkpointing plan the run itself picks on this device."""
+    import torch
 
-    cfg = load_for_check(args.config, [f"--{kv}" for kv in overrides], world_size=1)
-    return estimate_memory(cfg, device_type).peak / GIB
+    memory = torch.cuda.get_device_properties(0).total_memory if device_type == "cuda" else None
+    return estimated_peak_gib(args.config, overrides, device_type, memory)[1]
 
 
 # --- the benchmark --------------------------------------------------------------------------------

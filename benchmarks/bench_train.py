@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, environment, write_results  # noqa: E402
-from runs import RunFailed, read_metrics, run_logged  # noqa: E402
+from runs import RunFailed, estimated_peak_gib, read_metrics, run_logged  # noqa: E402
 from train_time_split import steps_in_name, time_split  # noqa: E402
 
 GIB = 2**30
@@ -111,15 +111,6 @@ def train_command(args, overrides: list[str], run_dir: Path) -> list[str]:
     return cmd + [f"--{kv}" for kv in overrides] + [f"--train.run_dir={run_dir}"]
 
 
-def estimate_gib(args, overrides: list[str], device_type: str, memory: int | None) -> dict:
-    """`lhdist check`'s peak estimate per stage for this run, with the plan it would pick."""
-    from lhdist.check import estimate_memory, load_for_check, recompute_plan
-
-    cfg = load_for_check(args.config, [f"--{kv}" for kv in overrides], world_size=1)
-    mem = estimate_memory(cfg, device_type, recompute_plan(cfg, device_type, memory))
-    return {stage: mem.peak_at(stage) / GIB for stage in mem.activations}
-
-
 def summarise_stage(steps: dict[int, dict], stage: int, window: tuple[int, int, int]) -> dict:
     first, last, _ = window
     timed = [steps[s] for s in range(first, last + 1) if s in steps]
@@ -156,7 +147,7 @@ def one_run(args, flavor, seq_len, compile_, ac, sdpa) -> list[dict[str, Any]]:
     traces = sorted((run_dir / "profile").glob("trace_rank0_steps*.json"))
     cuda = torch.cuda.is_available()
     memory = torch.cuda.get_device_properties(0).total_memory if cuda else None
-    estimates = estimate_gib(args, overrides, "cuda" if cuda else "cpu", memory)
+    estimates = estimated_peak_gib(args.config, overrides, "cuda" if cuda else "cpu", memory)
     rows = []
     for stage, window in stage_windows(args).items():
         trace = next((t for t in traces if window[1] < steps_in_name_first(t) <= window[2]), None)

@@ -66,3 +66,16 @@ def read_metrics(run_dir: Path) -> tuple[dict[int, dict], list[dict]]:
         else:
             steps[record["step"]] = record
     return steps, events
+
+
+def estimated_peak_gib(
+    config: str | None, overrides: list[str], device_type: str, memory: int | None
+) -> dict[int, float]:
+    """`lhdist check`'s peak estimate (GiB) per stage for a run of `config` + `overrides` on one
+    rank, with the activation-checkpointing plan the run picks for a device of `memory` bytes
+    (None: the config's own setting, as on CPU)."""
+    from lhdist.check import estimate_memory, load_for_check, recompute_plan
+
+    cfg = load_for_check(config, [f"--{kv}" for kv in overrides], world_size=1)
+    mem = estimate_memory(cfg, device_type, recompute_plan(cfg, device_type, memory))
+    return {stage: mem.peak_at(stage) / 2**30 for stage in mem.activations}

@@ -55,7 +55,7 @@ def test_gpu_dense_attention_under_cudnn_priority_matches_fp32(heads, kv_heads, 
     grad = torch.randn(1, n, heads, head_dim, generator=gen)
 
     def run(dtype, device):
-        xs = [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
+        xs = [t.to(device, dtype, copy=True).requires_grad_() for t in (q, k, v)]  # new leaves
         out = causal_attention(*xs)
         out.backward(grad.to(device, dtype))
         return [t.float().cpu() for t in (out, *(x.grad for x in xs))]
