@@ -58,8 +58,15 @@ def run_logged(
 
 def read_metrics(run_dir: Path) -> tuple[dict[int, dict], list[dict]]:
     """(step -> its last record, events) of a run's metrics.jsonl."""
+    return read_metrics_file(run_dir / "metrics.jsonl")
+
+
+def read_metrics_file(path: Path) -> tuple[dict[int, dict], list[dict]]:
+    """(step -> its last record, events) of a metrics.jsonl file, wherever it was copied to."""
     steps, events = {}, []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
         record = json.loads(line)
         if "event" in record:
             events.append(record)

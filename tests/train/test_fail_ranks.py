@@ -112,17 +112,22 @@ def test_disk_full_on_one_rank_fails_the_save_on_every_rank_and_cleans_up(tmp_pa
     assert list((run_dir / "checkpoints").iterdir()) == []
 
 
+def wait_for_three_steps(procs, run_dir) -> None:
+    """Until the launched ranks have logged three steps (all still running), at most 120 s."""
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count('"loss"') >= 3):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+
+
 def test_frozen_rank_ends_the_job_within_the_timeout_naming_it(tmp_path):
     timeout_s = 6
     run_dir = tmp_path / "run"
     args = [*TORCH, "--train.steps=100000", f"--parallel.timeout_s={timeout_s}",
             f"--train.run_dir={run_dir}"]  # fmt: skip
     procs = launch(2, args)
-    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 120
     try:
-        while not (metrics.exists() and metrics.read_text().count('"loss"') >= 3):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
-            time.sleep(0.05)
+        wait_for_three_steps(procs, run_dir)
         procs[1].send_signal(signal.SIGSTOP)  # frozen: the pid stays, nothing answers
         frozen_at = time.monotonic()
         (err,) = finish([procs[0]], within_s=timeout_s + 20)
@@ -142,10 +147,7 @@ def test_rank0_killed_ends_rank1_with_one_line_naming_rank0(tmp_path):
     args = [*TORCH, "--train.steps=100000", f"--parallel.timeout_s={timeout_s}",
             f"--train.run_dir={run_dir}"]  # fmt: skip
     procs = launch(2, args)
-    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().count('"loss"') >= 3):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
-        time.sleep(0.05)
+    wait_for_three_steps(procs, run_dir)
     procs[0].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     (err,) = finish([procs[1]], within_s=timeout_s + 20)

@@ -8,32 +8,21 @@ on one H200 and were stopped by the 560 s call limit: dense at steps 727-735, Li
 """
 
 import json
-import math
 import statistics as st
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-T95 = {2: 4.30}
+# bench_quality's statistics and runs.py's reader, so these numbers are computed as its are.
+sys.path.insert(0, str(HERE.parents[1]))
+from bench_quality import paired  # noqa: E402
+from runs import read_metrics_file  # noqa: E402
 
 
 def load(name):
-    recs = [json.loads(line) for line in (HERE / f"metrics_{name}.jsonl").read_text().splitlines()]
-    steps = {r["step"]: r for r in recs if "event" not in r}
-    evals = {r["step"]: r for r in recs if r.get("event") == "eval"}
+    steps, events = read_metrics_file(HERE / f"metrics_{name}.jsonl")
+    evals = {e["step"]: e for e in events if e["event"] == "eval"}
     return steps, evals
-
-
-def paired(diffs):
-    mean = st.fmean(diffs)
-    sem = st.stdev(diffs) / math.sqrt(len(diffs))
-    half = T95[len(diffs) - 1] * sem
-    return {
-        "per_seed": diffs,
-        "mean": mean,
-        "sem": sem,
-        "ci95": [mean - half, mean + half],
-        "within_noise": mean - half <= 0 <= mean + half,
-    }
 
 
 seeds = [0, 1, 2]

@@ -13,13 +13,17 @@ Wall-clock is compared only within this session's runs. An arm whose metrics are
 """
 
 import json
-import math
 import statistics as st
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# bench_quality's statistics and runs.py's reader, so these numbers are computed as its are.
+sys.path.insert(0, str(HERE.parents[1]))
+from bench_quality import paired  # noqa: E402
+from runs import read_metrics_file  # noqa: E402
+
 EARLIER = HERE.parent / "2026-12-03_quality_32k_25m"
-T95 = {2: 4.30}
 SEEDS = [0, 1, 2]
 
 
@@ -27,24 +31,9 @@ def load(folder, name):
     path = folder / f"metrics_{name}.jsonl"
     if not path.is_file():
         return None
-    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    steps = {r["step"]: r for r in recs if "event" not in r}
-    evals = {r["step"]: r for r in recs if r.get("event") == "eval"}
+    steps, events = read_metrics_file(path)
+    evals = {e["step"]: e for e in events if e["event"] == "eval"}
     return steps, evals
-
-
-def paired(diffs):
-    mean = st.fmean(diffs)
-    sem = st.stdev(diffs) / math.sqrt(len(diffs))
-    half = T95[len(diffs) - 1] * sem
-    return {
-        "per_seed": diffs,
-        "mean": mean,
-        "sem": sem,
-        "ci95": [mean - half, mean + half],
-        "within_noise": mean - half <= 0 <= mean + half,
-        "same_sign_all_seeds": all(d > 0 for d in diffs) or all(d < 0 for d in diffs),
-    }
 
 
 def val(run, step):
