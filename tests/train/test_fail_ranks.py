@@ -47,29 +47,33 @@ def test_shard_hash_failure_found_by_rank0_stops_every_rank_alike(tmp_path):
               timeout_s=120)  # fmt: skip
 
 
-def _nan_on_rank1_at_step2(rank):
-    """Rank 1's loss turns nan at step 2; the all-reduce spreads it, as a real divergence."""
-    import lhdist.train.loop as loop
+def nan_losses(build_engine, when):
+    """`build_engine` whose engines return a nan loss on the forward calls n where `when(n)`."""
 
-    build = loop.build_engine
-
-    def build_engine(model, cfg, dims):
-        engine = build(model, cfg, dims)
+    def build(model, cfg, dims):
+        engine = build_engine(model, cfg, dims)
         calls = {"n": 0}
         forward = engine.__call__
 
-        class Wrapped:
+        class NanLoss:
             def __getattr__(self, name):
                 return getattr(engine, name)
 
             def __call__(self, *args, **kwargs):
                 calls["n"] += 1
                 loss = forward(*args, **kwargs)
-                return loss * float("nan") if rank == 1 and calls["n"] == 2 else loss
+                return loss * float("nan") if when(calls["n"]) else loss
 
-        return Wrapped()
+        return NanLoss()
 
-    loop.build_engine = build_engine
+    return build
+
+
+def _nan_on_rank1_at_step2(rank):
+    """Rank 1's loss turns nan at step 2; the all-reduce spreads it, as a real divergence."""
+    import lhdist.train.loop as loop
+
+    loop.build_engine = nan_losses(loop.build_engine, lambda n: rank == 1 and n == 2)
 
 
 def test_nonfinite_loss_on_one_rank_stops_every_rank_with_the_same_line(tmp_path):

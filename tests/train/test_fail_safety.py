@@ -178,24 +178,10 @@ def test_a_step_that_raises_stops_the_read_ahead_thread(tmp_path, monkeypatch):
 
     import lhdist.train.loop as loop
     from lhdist.train.numerics import NonFiniteError
+    from tests.train.test_fail_ranks import nan_losses
     from tests.train.test_training import FAST
 
-    build = loop.build_engine
-
-    def nan_loss_engine(model, cfg, dims):
-        engine = build(model, cfg, dims)
-        forward = engine.__call__
-
-        class NanLoss:
-            def __getattr__(self, name):
-                return getattr(engine, name)
-
-            def __call__(self, *args, **kwargs):
-                return forward(*args, **kwargs) * float("nan")
-
-        return NanLoss()
-
-    monkeypatch.setattr(loop, "build_engine", nan_loss_engine)
+    monkeypatch.setattr(loop, "build_engine", nan_losses(loop.build_engine, lambda n: True))
     overrides = [*FAST, "--train.engine=torch", "--eval.batches=0", "--train.steps=4",
                  "--train.stage1_steps=2", "--data.prefetch_batches=2",
                  f"--train.run_dir={tmp_path}/r"]  # fmt: skip
