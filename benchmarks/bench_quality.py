@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import queue
 import shlex
 import statistics
 import subprocess
@@ -119,6 +120,12 @@ def run_all(args) -> list[dict[str, Any]]:
     work = Path(args.work_dir)
     runs = [(arm, seed) for seed in args.seeds for arm in args.arm]  # pairs finish together
     gpus = gpu_ids()
+    # A run takes a GPU from this pool and returns it when it ends, so with --jobs <= GPUs no two
+    # runs ever share one (assigning by run index would, once runs finish out of order).
+    free_gpus: queue.Queue[str] = queue.Queue()
+    for i in range(args.jobs):
+        if gpus:
+            free_gpus.put(gpus[i % len(gpus)])
     t0 = time.perf_counter()
 
     def one(i: int) -> dict[str, Any]:
@@ -129,13 +136,18 @@ def run_all(args) -> list[dict[str, Any]]:
             (run_dir / stale).unlink(missing_ok=True)
         cmd = run_command(args, arm, seed, run_dir)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        gpu = free_gpus.get() if gpus else None
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         start = time.perf_counter()
-        with open(run_dir / "log.txt", "w") as log:
-            log.write(shlex.join(cmd) + "\n")
-            log.flush()
-            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            with open(run_dir / "log.txt", "w") as log:
+                log.write(shlex.join(cmd) + "\n")
+                log.flush()
+                code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        finally:
+            if gpu is not None:
+                free_gpus.put(gpu)
         if code != 0:
             tail = (run_dir / "log.txt").read_text().splitlines()[-15:]
             raise RuntimeError(f"{arm[0]} seed {seed} exited {code}:\n" + "\n".join(tail))

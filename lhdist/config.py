@@ -203,7 +203,8 @@ class OptimConfig:
     weight_decay: float = 0.1
     """Decoupled weight decay (not applied to norms)."""
     grad_clip: float = 1.0
-    """Clip the global gradient norm to this; 0 disables."""
+    """Clip the global gradient norm to this; 0 disables (under DeepSpeed ZeRO-1/2 it also skips
+    the norm and the host read DeepSpeed makes of it every step: grad_norm is then null)."""
 
 
 @dataclass
@@ -670,6 +671,13 @@ def recompute_mode(cfg: Config) -> str:
     return value
 
 
+def no_grad_norm(cfg: Config) -> bool:
+    """DeepSpeed ZeRO-1/2 without clipping: the engine computes no gradient norm, so its step
+    never reads one back to the host (DeepSpeed does, every step, to detect overflow)."""
+    t = cfg.train
+    return t.engine == "deepspeed" and t.zero_stage in (1, 2) and cfg.optim.grad_clip == 0
+
+
 def validate_speed(cfg: Config) -> None:
     """Activation checkpointing mode, SDPA priority, profiled steps and prefetch depth."""
     t = cfg.train
@@ -683,6 +691,12 @@ def validate_speed(cfg: Config) -> None:
             "train.compile=true with train.engine=deepspeed and train.zero_stage=3 is not "
             "supported: ZeRO-3 gathers each parameter in hooks that would run inside every "
             "compiled block; use zero_stage <= 2, train.engine=torch, or train.compile=false"
+        )
+    if no_grad_norm(cfg) and t.max_bad_steps > 0:
+        raise ValueError(
+            f"train.max_bad_steps={t.max_bad_steps} needs the gradient norm, which DeepSpeed "
+            f"ZeRO-{t.zero_stage} skips when optim.grad_clip=0: set optim.grad_clip > 0 or "
+            "train.max_bad_steps=0"
         )
     if t.sdpa_priority not in SDPA_PRIORITIES:
         raise ValueError(

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lhdist.check import reduce_bucket_elements
-from lhdist.config import Config
+from lhdist.config import Config, no_grad_norm
 from lhdist.train.schedule import lr_factor
 
 ENGINE_STATE = "engine.pt"  # the torch engine's model/optimizer/scheduler file in a checkpoint
@@ -32,9 +32,10 @@ class Engine(Protocol):
         """The model's forward."""
 
     def backward(self, loss: torch.Tensor) -> None: ...
-    def step(self) -> torch.Tensor | float:
+    def step(self) -> torch.Tensor | float | None:
         """Reduce gradients, clip, update, advance the lr; returns the global grad norm (a
-        device tensor where it is one: reading it is the loop's once-per-interval sync)."""
+        device tensor where it is one: reading it is the loop's once-per-interval sync), or None
+        where the engine computes none (DeepSpeed ZeRO-1/2 with optim.grad_clip=0)."""
 
     def lr(self) -> float: ...
     def save(self, directory: Path) -> None:
@@ -213,6 +214,7 @@ def deepspeed_config(cfg: Config, device_type: str) -> dict[str, Any]:
             # DeepSpeed allocates the whole bucket (default 5e8 fp32 elements, 1.9 GiB) at every
             # backward; past the model's size it holds nothing.
             "reduce_bucket_size": reduce_bucket_elements(cfg),
+            "compute_grad_norm": not no_grad_norm(cfg),
         },
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -275,7 +277,7 @@ class DeepSpeedEngine:
         self.engine.backward(loss * self.loss_scale)
         self.pending_micro_steps += 1
 
-    def step(self) -> torch.Tensor | float:
+    def step(self) -> torch.Tensor | float | None:
         assert self.engine.is_gradient_accumulation_boundary(), "step() before the last micro-batch"
         self.pending_micro_steps = 0
         # ZeRO-0 in fp32 reports no norm; its gradients are already reduced after backward.

@@ -62,7 +62,7 @@ def format_line(record: dict[str, Any], total_steps: int) -> str:
         f"stage {record['stage']}",
         f"loss {record['loss']:.4f}",
         f"lr {record['lr']:.2e}",
-        f"gnorm {record['grad_norm']:.3f}",
+        "gnorm -" if record["grad_norm"] is None else f"gnorm {record['grad_norm']:.3f}",
         f"{record['tokens_per_s']:,.0f} tok/s",
         f"{record['tokens_per_s_per_device']:,.0f} tok/s/dev",
     ]

@@ -17,9 +17,10 @@ class BadStepGuard:
         self.bad_steps = 0
         self.last_finite_loss = float("nan")
 
-    def check(self, step: int, loss: float, grad_norm: float) -> bool:
-        """True when `step` was bad but is tolerated; NonFiniteError past the budget."""
-        if math.isfinite(loss) and math.isfinite(grad_norm):
+    def check(self, step: int, loss: float, grad_norm: float | None) -> bool:
+        """True when `step` was bad but is tolerated; NonFiniteError past the budget. A step
+        without a norm (DeepSpeed ZeRO-1/2 with optim.grad_clip=0) is judged by its loss."""
+        if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
             self.last_finite_loss = loss
             return False
         self.bad_steps += 1

@@ -48,7 +48,7 @@ class PendingStep:
     end: Any
     loss: torch.Tensor | float
     tokens: torch.Tensor | int
-    grad_norm: torch.Tensor | float
+    grad_norm: torch.Tensor | float | None  # None: the engine computed none
     memory_gib: float
 
 
@@ -94,7 +94,7 @@ class StepReadback:
                 "lr": s.lr,
                 "loss": float(number(loss)),
                 "tokens": int(number(tokens)),
-                "grad_norm": float(number(grad_norm)),
+                "grad_norm": None if grad_norm is None else float(number(grad_norm)),
                 "step_time_s": self.clock.seconds(s.start, s.end),
                 "memory_gib": s.memory_gib,
             })  # fmt: skip

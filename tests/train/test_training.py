@@ -88,6 +88,18 @@ def test_train_engines_and_zero_stages_agree_on_dp2(tmp_path):
     assert torch_run[1]["tokens"] == 2 * 2 * 512  # dp x accumulation x seq_len
 
 
+def test_deepspeed_without_clipping_skips_the_norm_and_takes_the_torch_steps(tmp_path):
+    """optim.grad_clip=0 under ZeRO-1 turns DeepSpeed's norm (and its per-step host read) off:
+    grad_norm is logged as null, and the updates are still the torch engine's."""
+    common = ["--train.steps=4", "--train.stage1_steps=2", "--optim.grad_clip=0"]
+    torch_run = read_steps(run(tmp_path, "torch", 1, [*common, "--train.engine=torch"]))
+    zero1 = read_steps(run(tmp_path, "zero1", 1, [*common, "--train.zero_stage=1"]))
+    for step in (1, 2, 3, 4):
+        assert torch_run[step]["loss"] == pytest.approx(zero1[step]["loss"], rel=1e-5)
+        assert zero1[step]["grad_norm"] is None
+        assert torch_run[step]["grad_norm"] > 0
+
+
 @pytest.mark.parametrize(
     "layout, selection, seq_len, topk",
     [("zigzag", "tile", 1024, 512), ("contiguous", "global", 512, 128)],
