@@ -375,12 +375,14 @@ def verdicts(arms: dict[str, Any], baseline: str) -> list[str]:
         if d["within_noise"] and d["same_sign_all_seeds"]:
             where += ", though every seed is " + ("above" if d["mean"] > 0 else "below")
         w = a["vs_baseline_val_loss_dense_equal_wall_clock"]
+        ratio = a["wall_clock_ratio_vs_baseline"]  # baseline's wall-clock over this arm's
+        speed = f"{ratio:.2f}x shorter" if ratio >= 1 else f"{1 / ratio:.2f}x longer"
         lines.append(
             f"{name}: final held-out loss (dense attention) {a['final_val_loss_dense']:.4f} vs "
             f"{baseline} {arms[baseline]['final_val_loss_dense']:.4f}; paired difference "
             f"{d['mean']:+.4f} +- {d['sem']:.4f} s.e. over {len(d['per_seed'])} seeds, 95% "
-            f"[{lo:+.4f}, {hi:+.4f}]: {where}; wall-clock {a['wall_clock_ratio_vs_baseline']:.2f}x"
-            f" shorter than {baseline}; at equal wall-clock {w['mean']:+.4f} +- {w['sem']:.4f} "
+            f"[{lo:+.4f}, {hi:+.4f}]: {where}; wall-clock {speed} than {baseline}; "
+            f"at equal wall-clock {w['mean']:+.4f} +- {w['sem']:.4f} "
             f"({'within noise' if w['within_noise'] else 'beyond noise'})"
         )
     return lines

@@ -139,6 +139,9 @@ class LighthouseConfig:
     """How a position combines its 1..L entry outputs: 'sum' (paper) or 'mean' (one process)."""
     full_attn_layers: list[int] | None = None
     """Layers that stay dense; None: first two and last two (first and last below 8 layers)."""
+    dense_every: int = 0
+    """Every n-th stage-1 step trains with dense attention in every layer (0: never), so the
+    stage-1 model stays usable with dense attention and the resume starts closer to it."""
 
 
 @dataclass
@@ -622,6 +625,11 @@ def validate(cfg: Config, world_size: int) -> None:
             )
     if cfg.sparse_layers():
         check_lighthouse_layout(cfg)
+    if lh.dense_every < 0 or lh.dense_every == 1:
+        raise ValueError(
+            f"lighthouse.dense_every={lh.dense_every} must be 0 (never) or >= 2 (1 would make "
+            "every step dense: use lighthouse.enabled=false)"
+        )
     if not 0 <= t.stage1_steps <= t.steps:
         raise ValueError(f"train.stage1_steps={t.stage1_steps} must be in [0, steps={t.steps}]")
     for key in ("steps", "micro_batch_size", "grad_accum_steps", "log_every", "loss_chunk_tokens"):

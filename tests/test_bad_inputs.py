@@ -151,6 +151,7 @@ CASES = [
     ("norm-eps", lambda w, t: train("--model.norm_eps=-1"), "model.norm_eps=-1.0"),
     ("data-seed", lambda w, t: train("--data.seed=-1"), "data.seed=-1"),
     ("max-bad-steps", lambda w, t: train("--train.max_bad_steps=-2"), "train.max_bad_steps=-2"),
+    ("dense-every", lambda w, t: train("--lighthouse.dense_every=1"), "lighthouse.dense_every=1"),
     ("bad-steps-no-norm", lambda w, t: train("--train.max_bad_steps=2", "--optim.grad_clip=0",
                                              "--train.engine=deepspeed", "--train.zero_stage=2"),
      "train.max_bad_steps=2 needs the gradient norm"),

@@ -120,3 +120,21 @@ def test_equal_wall_clock_interpolates_the_slower_run_at_the_faster_ones_end():
     assert bench_quality.val_at_wall(slow, 99.0) == pytest.approx(1.6)  # past the last eval
     assert bench_quality.equal_wall_clock(fast, slow) == pytest.approx(2.0 - 2.8)
     assert bench_quality.equal_wall_clock(slow, fast) == pytest.approx(2.8 - 2.0)
+
+
+@pytest.mark.parametrize(
+    "ratio, words", [(1.25, "1.25x shorter than dense"), (0.8, "1.25x longer")]
+)
+def test_verdict_says_shorter_or_longer_in_wall_clock(ratio, words):
+    diff = bench_quality.paired([0.1, 0.2, 0.15])
+    arms = {
+        "dense": {"final_val_loss_dense": 1.0},
+        "lh": {
+            "final_val_loss_dense": 1.15,
+            "vs_baseline_val_loss_dense": diff,
+            "vs_baseline_val_loss_dense_equal_wall_clock": diff,
+            "wall_clock_ratio_vs_baseline": ratio,
+        },
+    }
+    (line,) = bench_quality.verdicts(arms, "dense")
+    assert words in line and "worse than dense beyond noise" in line

@@ -48,7 +48,7 @@ from lhdist.train.partitioned_init import build_train_model
 from lhdist.train.prefetch import BatchPrefetcher
 from lhdist.train.profiling import StepProfiler
 from lhdist.train.resume import ResumePlan, plan_resume, write_run_file
-from lhdist.train.schedule import stage_at
+from lhdist.train.schedule import dense_step, stage_at
 from lhdist.train.sdpa_priority import sdpa_priority
 from lhdist.train.step_readback import StepReadback
 from lhdist.train.tokenizer_files import keep_run_tokenizer
@@ -211,7 +211,8 @@ def run(
                      "(set data.val_path, or prepare with --val-fraction)")  # fmt: skip
     peak = peak_flops_per_device(cfg, device)
     lh_stats = lighthouse_stats(cfg)
-    router.set_stage(stage_at(max(start_step, 1), cfg))  # the stage of the last step done
+    current_stage = stage_at(max(start_step, 1), cfg)  # the stage of the last step done
+    router.set_stage(current_stage)
     # Batches are read, sharded and pinned ahead by a thread; the same ones, in the same order.
     batches = BatchPrefetcher(
         loader, lambda b: shard_batch(b, dims, cfg), device, cfg.data.prefetch_batches
@@ -249,17 +250,18 @@ def run(
     try:
         for step in range(start_step + 1, t.steps + 1):
             stage = stage_at(step, cfg)
-            if stage != router.stage:
+            if stage != current_stage:
                 log_pending_steps()
                 reset_peak_memory(device)  # memory_gib from here on: this stage's peak
                 logger.event(
                     "stage_switch",
                     step,
-                    from_stage=router.stage,
+                    from_stage=current_stage,
                     to_stage=stage,
                     note="optimizer state and data position kept",
                 )
-                router.set_stage(stage)
+                current_stage = stage
+            router.set_stage(2 if dense_step(step, cfg) else stage)
             profiler.step_started(step)
             step_start = readback.start()
 
@@ -477,7 +479,8 @@ def step_record(cfg, values, world, peak, device, lh_stats) -> dict[str, Any]:
     stage, tokens = values["stage"], values["tokens"]
     tokens_per_s = tokens / values["step_time_s"]
     selected = lh_stats["lh_selected_len"] if lh_stats else None
-    dense_fpt, executed_fpt = flops_per_token(cfg, stage, selected)
+    dense = dense_step(values["step"], cfg)  # a stage-1 step run dense (lighthouse.dense_every)
+    dense_fpt, executed_fpt = flops_per_token(cfg, 2 if dense else stage, selected)
     record = {
         "step": values["step"],
         "stage": stage,
@@ -492,6 +495,8 @@ def step_record(cfg, values, world, peak, device, lh_stats) -> dict[str, Any]:
         "mfu_executed": tokens_per_s * executed_fpt / (peak * world) if peak else None,
         "memory_gib": values["memory_gib"],
     }
-    if lh_stats and stage == 1:
+    if dense:
+        record["dense_step"] = True
+    elif lh_stats and stage == 1:
         record.update(lh_stats)
     return record

@@ -48,3 +48,10 @@ def stage_at(step: int, cfg: Config) -> int:
     if not cfg.sparse_layers():
         return 2
     return 1 if step <= cfg.train.stage1_steps else 2
+
+
+def dense_step(step: int, cfg: Config) -> bool:
+    """Whether stage-1 step `step` trains with dense attention (lighthouse.dense_every): the
+    logged stage stays 1, only the attention of that step changes."""
+    n = cfg.lighthouse.dense_every
+    return n > 0 and stage_at(step, cfg) == 1 and step % n == 0

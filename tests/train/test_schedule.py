@@ -6,7 +6,7 @@ import pytest
 
 from lhdist.config import load_config
 from lhdist.train.flops import attention_flops_per_token, flops_per_token, matmul_params
-from lhdist.train.schedule import lr_factor, stage_at
+from lhdist.train.schedule import dense_step, lr_factor, stage_at
 
 
 def cfg_with(*overrides):
@@ -35,6 +35,20 @@ def test_stage_switches_after_stage1_steps():
     assert [stage_at(s, cfg) for s in (1, 60, 61, 100)] == [1, 1, 2, 2]
     assert stage_at(1, cfg_with("--lighthouse.enabled=false")) == 2
     assert stage_at(1, cfg_with("--lighthouse.full_attn_layers=[0, 1, 2, 3]")) == 2
+
+
+def test_dense_every_runs_every_nth_stage1_step_dense_and_keeps_its_stage():
+    cfg = cfg_with("--lighthouse.dense_every=4")
+    dense = [s for s in range(1, 101) if dense_step(s, cfg)]
+    assert dense == list(range(4, 61, 4))  # stage 2 is dense anyway: not a "dense step"
+    assert [stage_at(s, cfg) for s in (4, 60, 61)] == [1, 1, 2]
+    assert not any(dense_step(s, cfg_with()) for s in range(1, 101))
+
+
+@pytest.mark.parametrize("value", [1, -3])
+def test_dense_every_must_be_0_or_at_least_2(value):
+    with pytest.raises(ValueError, match=f"lighthouse.dense_every={value} must be 0"):
+        cfg_with(f"--lighthouse.dense_every={value}")
 
 
 def test_flops_dense_and_executed():

@@ -100,6 +100,25 @@ def test_deepspeed_without_clipping_skips_the_norm_and_takes_the_torch_steps(tmp
         assert torch_run[step]["grad_norm"] > 0
 
 
+def test_dense_every_trains_those_stage1_steps_as_the_dense_stage_does(tmp_path):
+    """lighthouse.dense_every=2 with the switch after step 2 takes the same steps as switching
+    after step 1 (Lighthouse, dense, dense), but step 2 stays stage 1 and no switch is logged
+    before step 3; without it, step 2 is a Lighthouse step and its loss differs."""
+    common = ["--train.steps=3", "--train.engine=torch"]
+    every = run(tmp_path, "every2", 1, [*common, "--train.stage1_steps=2",
+                                        "--lighthouse.dense_every=2"])  # fmt: skip
+    early = read_steps(run(tmp_path, "switch1", 1, [*common, "--train.stage1_steps=1"]))
+    plain = read_steps(run(tmp_path, "switch2", 1, [*common, "--train.stage1_steps=2"]))
+    steps = read_steps(every)
+    for step in (1, 2, 3):
+        assert steps[step]["loss"] == pytest.approx(early[step]["loss"], rel=1e-6)
+    assert steps[2]["loss"] != pytest.approx(plain[2]["loss"], rel=1e-6)
+    assert [steps[s]["stage"] for s in (1, 2, 3)] == [1, 1, 2]
+    assert steps[2].get("dense_step") is True and "lh_selected_len" not in steps[2]
+    assert "dense_step" not in steps[1] and "lh_selected_len" in steps[1]
+    assert [e["step"] for e in read_events(every, "stage_switch")] == [3]
+
+
 @pytest.mark.parametrize(
     "layout, selection, seq_len, topk",
     [("zigzag", "tile", 1024, 512), ("contiguous", "global", 512, 128)],
