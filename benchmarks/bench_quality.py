@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--baseline", default="dense", help="the arm the others are compared with")
     ap.add_argument("--python", default=sys.executable, help="interpreter of the runs")
     ap.add_argument(
+        "--keep-finished",
+        action="store_true",
+        help="keep the runs under --work-dir that finished with the same command (a cut\n"
+        "invocation, or runs copied back from another session); train only the rest",
+    )
+    ap.add_argument(
         "--summarise-only",
         action="store_true",
         help="train nothing: summarise the finished runs already under --work-dir",
@@ -132,9 +138,14 @@ def run_all(args) -> list[dict[str, Any]]:
         arm, seed = runs[i]
         run_dir = work / arm[0] / f"seed_{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = run_command(args, arm, seed, run_dir)
+        if args.keep_finished and finished_with(run_dir, cmd):
+            result = read_run(run_dir)
+            result.update(arm=arm[0], seed=seed, kept=True)
+            print(f"[quality] {arm[0]:<20} seed {seed}: kept the finished run", flush=True)
+            return result
         for stale in ("metrics.jsonl", "eval_final.json"):
             (run_dir / stale).unlink(missing_ok=True)
-        cmd = run_command(args, arm, seed, run_dir)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         gpu = free_gpus.get() if gpus else None
         if gpu is not None:
@@ -163,6 +174,22 @@ def run_all(args) -> list[dict[str, Any]]:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         return list(pool.map(one, range(len(runs))))
+
+
+def finished_with(run_dir: Path, cmd: list[str]) -> bool:
+    """Whether `run_dir` holds a run that reached its end ("done" event) with the arguments of
+    `cmd`; the interpreter and the run directory may differ (another machine, a copied tree)."""
+    log, metrics = run_dir / "log.txt", run_dir / "metrics.jsonl"
+    if not log.is_file() or not metrics.is_file():
+        return False
+
+    def essence(argv: list[str]) -> list[str]:
+        return [a for a in argv[1:] if not a.startswith("--train.run_dir=")]
+
+    first = log.read_text().splitlines()[:1]
+    if not first or essence(shlex.split(first[0])) != essence(cmd):
+        return False
+    return any(e["event"] == "done" for e in read_metrics(run_dir)[1])
 
 
 def collect_runs(args) -> list[dict[str, Any]]:

@@ -92,6 +92,36 @@ def test_two_arms_three_seeds_write_paired_results(tmp_path):
         json.loads(path2.read_text())["arms"]["lighthouse"]["final_val_loss_dense"]
         == (lh["final_val_loss_dense"])
     )
+    # A cut invocation: one run lost its metrics. --keep-finished trains only that one.
+    runs = tmp_path / "runs"
+    (runs / "lighthouse" / "seed_1" / "metrics.jsonl").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in runs.glob("*/seed_*/metrics.jsonl")}
+    assert len(kept) == 5
+    resumed = [*argv[:-2], "--keep-finished", "--out-dir", str(tmp_path / "resumed")]
+    assert bench_quality.main(resumed) == 0
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert (runs / "lighthouse" / "seed_1" / "metrics.jsonl").is_file()
+    (path3,) = (tmp_path / "resumed").glob("*.json")
+    assert (
+        json.loads(path3.read_text())["arms"]["dense"]["final_val_loss_dense"]
+        == (dense["final_val_loss_dense"])
+    )
+
+
+def test_a_finished_run_is_kept_only_with_the_same_arguments(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cmd = ["python3", "-m", "lhdist.train", "--lighthouse.scatter=mean",
+           f"--train.run_dir={run_dir}"]  # fmt: skip
+    (run_dir / "log.txt").write_text(
+        "/usr/bin/python -m lhdist.train --lighthouse.scatter=mean --train.run_dir=/elsewhere\n"
+    )
+    metrics = run_dir / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "stage": 1, "loss": 1.0}\n')
+    assert not bench_quality.finished_with(run_dir, cmd)  # never reached its end
+    metrics.write_text(metrics.read_text() + '{"event": "done", "step": 1}\n')
+    assert bench_quality.finished_with(run_dir, cmd)
+    assert not bench_quality.finished_with(run_dir, [*cmd[:3], "--lighthouse.scatter=sum"])
 
 
 def test_bad_arguments_exit_before_any_run(tmp_path, capsys):
