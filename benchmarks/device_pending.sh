@@ -17,8 +17,9 @@ part zero1_noclip 150 python3 benchmarks/bench_deepspeed.py --name h200_zero1_no
   --resume-stages --set optim.grad_clip=0 --work-dir $JOB/ds_noclip --out-dir "$RES" \
   --run-timeout-s 70
 # 2. Issue 14: the 98K quality runs, dense vs Lighthouse + resume, 3 seeds, one run at a time
-#    (sharing the GPU bought ~3% at 32K). Strict train.deterministic (in the config): a seed cut
-#    here can be rerun in a later session and still pair.
+#    (sharing the GPU bought ~3% at 32K); seed-major, so a cut leaves whole pairs. If cut, copy
+#    the finished run folders from the collected job into an ignored folder of the repo, carry
+#    it, and rerun this line with --work-dir there and --keep-finished.
 part quality_98k 1300 python3 benchmarks/bench_quality.py --name 98k_25m \
   --config configs/quality_98k_25m.yaml --arm dense lighthouse.enabled=false --arm lighthouse \
   --baseline dense --seeds 0 1 2 --work-dir $JOB/quality_98k --out-dir "$RES"
