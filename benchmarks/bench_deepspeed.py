@@ -3,8 +3,7 @@
     python benchmarks/bench_deepspeed.py --name h200            # 25M model at 32K, 50 steps
     python benchmarks/bench_deepspeed.py --name h200_270m_98k --flavor 270m --seq-len 98304 \
         --set lighthouse.topk=1536 --steps 12 --warmup-steps 4 --resume-stages
-    python benchmarks/bench_deepspeed.py --name cpu --config configs/tiny_cpu.yaml \
-        --seq-len 512 --steps 6 --set model.num_layers=2
+    python benchmarks/bench_deepspeed.py --name cpu --config configs/tiny_cpu.yaml --steps 6
 
 Every run is one `python -m lhdist.train` process (world size 1: the loop makes a one-rank
 process group with an in-memory store) with the same seed and data order; only the engine and
