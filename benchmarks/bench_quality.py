@@ -377,8 +377,48 @@ def summarise(args, runs: list[dict[str, Any]]) -> dict[str, Any]:
             summary["wall_clock_ratio_vs_baseline"] = statistics.fmean(
                 base[r["seed"]]["wall_s"] / r["wall_s"] for r in mine
             )
+            summary["vs_baseline_val_loss_dense_by_step"] = gap_by_eval_step(mine, base)
+            summary["vs_baseline_train_loss_after_switch"] = train_gap_after_switch(
+                mine, base, stage1
+            )
+        leaks = [leak(r["evals"]) for r in mine]
+        if all(x and "lighthouse_minus_causal" in x for x in leaks):
+            # Same weights, two selections: the look-ahead's share of the stage-1 val loss.
+            summary["leak_lighthouse_minus_causal"] = paired(
+                [x["lighthouse_minus_causal"] for x in leaks]
+            )
         arms[name] = summary
     return arms
+
+
+def gap_by_eval_step(mine: list[dict], base: dict[int, dict]) -> dict[str, Any]:
+    """Paired held-out (dense) difference from the baseline at every eval step all runs share."""
+
+    def by_step(r):
+        return {e["step"]: e["val_loss_dense"] for e in r["evals"]}
+
+    common = set.intersection(*(set(by_step(r)) & set(by_step(base[r["seed"]])) for r in mine))
+    return {
+        str(step): paired([by_step(r)[step] - by_step(base[r["seed"]])[step] for r in mine])
+        for step in sorted(common)
+    }
+
+
+def train_gap_after_switch(mine: list[dict], base: dict[int, dict], switch: int) -> dict:
+    """Paired train-loss difference from the baseline (same batches) in windows after the stage
+    switch: steps switch+1..+50, +51..+100, +101..+200, +201..end (those that exist)."""
+    steps = min(len(r["loss"]) for r in [*mine, *(base[r["seed"]] for r in mine)])
+    if not 0 < switch < steps:
+        return {}
+    edges = [switch + d for d in (0, 50, 100, 200) if switch + d < steps] + [steps]
+    out = {}
+    for lo, hi in zip(edges, edges[1:]):  # steps lo+1..hi (1-based) are indices lo..hi-1
+        diffs = []
+        for r in mine:
+            theirs = base[r["seed"]]["loss"]
+            diffs.append(statistics.fmean(a - b for a, b in zip(r["loss"][lo:hi], theirs[lo:hi])))
+        out[f"{lo + 1}-{hi}"] = paired(diffs)
+    return out
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:

@@ -79,6 +79,19 @@ def test_two_arms_three_seeds_write_paired_results(tmp_path):
     assert len(payload["verdicts"]) == 1 and "lighthouse" in payload["verdicts"][0]
     assert "at equal wall-clock" in payload["verdicts"][0]
     assert len(lh["vs_baseline_val_loss_dense_equal_wall_clock"]["per_seed"]) == 3
+    assert lh["vs_baseline_val_loss_dense_by_step"].keys() == {"3", "6"}
+    assert lh["vs_baseline_val_loss_dense_by_step"]["6"]["per_seed"] == pytest.approx(diffs)
+    (window,) = lh["vs_baseline_train_loss_after_switch"].items()  # steps 5-6, after the switch
+    runs_dir = tmp_path / "runs"
+    train_diffs = []
+    for seed in (0, 1, 2):
+        a, b = (bench_quality.read_run(runs_dir / arm / f"seed_{seed}")["loss"]
+                for arm in ("lighthouse", "dense"))  # fmt: skip
+        train_diffs.append(statistics.fmean([a[4] - b[4], a[5] - b[5]]))
+    assert window[0] == "5-6" and window[1]["per_seed"] == pytest.approx(train_diffs)
+    leaks = [s["leak"]["lighthouse_minus_causal"] for s in lh["per_seed"]]
+    assert lh["leak_lighthouse_minus_causal"]["per_seed"] == pytest.approx(leaks)
+    assert "leak_lighthouse_minus_causal" not in dense
     leak = lh["per_seed"][0]["leak"]
     assert leak["step"] == 3 and "lighthouse_minus_causal" in leak
     assert lh["per_seed"][0]["passkey_mean"].keys() == {"dense", "lighthouse"}
