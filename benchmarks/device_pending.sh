@@ -28,9 +28,10 @@ part train_speed_98k_hd128 200 python3 benchmarks/bench_train.py --name h200_270
   --profile-steps 1 --work-dir $JOB/bench_train_hd128 --out-dir "$RES" --run-timeout-s 190
 # 4. Issue 14: the 98K quality runs, dense vs Lighthouse + resume, 3 seeds (~2100 s in all, an
 #    estimate: two sessions), one run at a time (sharing the GPU bought ~3% at 32K);
-#    seed-major, so a cut leaves whole pairs. If cut, copy
-#    the finished run folders from the collected job into an ignored folder of the repo, carry
-#    it, and rerun this line with --work-dir there and --keep-finished.
+#    seed-major, so a cut leaves whole pairs. If cut: here, `echo /.runs/ >> .git/info/exclude;
+#    mkdir -p .runs && tar xzf /work/.device/N/job.tgz -C .runs`; in the next session carry
+#    [".whl", ".runs"] and run this line with --work-dir .runs/job/quality_98k --keep-finished
+#    (gpu_job.sh's snapshot takes the carried folder along; the finished runs are kept).
 part quality_98k 1500 python3 benchmarks/bench_quality.py --name 98k_25m \
   --config configs/quality_98k_25m.yaml --arm dense lighthouse.enabled=false --arm lighthouse \
   --baseline dense --seeds 0 1 2 --work-dir $JOB/quality_98k --out-dir "$RES"
