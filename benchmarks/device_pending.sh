@@ -28,13 +28,14 @@ part train_speed_98k_hd128 200 python3 benchmarks/bench_train.py --name h200_270
   --profile-steps 1 --work-dir $JOB/bench_train_hd128 --out-dir "$RES" --run-timeout-s 190
 # 4. Issue 14: the 98K quality runs, dense vs Lighthouse + resume, 3 seeds (~2100 s in all, an
 #    estimate: two sessions), one run at a time (sharing the GPU bought ~3% at 32K);
-#    seed-major, so a cut leaves whole pairs. If cut: here, `echo /.runs/ >> .git/info/exclude;
-#    mkdir -p .runs && tar xzf /work/.device/N/job.tgz -C .runs`; in the next session carry
-#    [".whl", ".runs"] and run this line with --work-dir .runs/job/quality_98k --keep-finished
-#    (gpu_job.sh's snapshot takes the carried folder along; the finished runs are kept).
+#    seed-major, so a cut leaves whole pairs. To finish in a later session what a cut one left:
+#    here, `echo /.runs/ >> .git/info/exclude; mkdir -p .runs && tar xzf
+#    /work/.device/N/job.tgz -C .runs`, then carry [".whl", ".runs"]: the finished runs are
+#    copied in below and kept (--keep-finished), and only the rest train.
+[ -d .runs/job/quality_98k ] && cp -r .runs/job/quality_98k $JOB/
 part quality_98k 1500 python3 benchmarks/bench_quality.py --name 98k_25m \
   --config configs/quality_98k_25m.yaml --arm dense lighthouse.enabled=false --arm lighthouse \
-  --baseline dense --seeds 0 1 2 --work-dir $JOB/quality_98k --out-dir "$RES"
+  --baseline dense --seeds 0 1 2 --work-dir $JOB/quality_98k --keep-finished --out-dir "$RES"
 # 5. Issue 14 (a session of its own, ~1150 s): at 32K with a dense arm of its own, strictly
 #    causal stage 1 over 3 seeds (seed 0 alone so far) and a dense step every 4th stage-1 step.
 part quality_causal 1200 python3 benchmarks/bench_quality.py --name 32k_25m_causal_dense4 \
