@@ -129,9 +129,8 @@ def run_all(args) -> list[dict[str, Any]]:
     # A run takes a GPU from this pool and returns it when it ends, so with --jobs <= GPUs no two
     # runs ever share one (assigning by run index would, once runs finish out of order).
     free_gpus: queue.Queue[str] = queue.Queue()
-    for i in range(args.jobs):
-        if gpus:
-            free_gpus.put(gpus[i % len(gpus)])
+    for i in range(args.jobs if gpus else 0):
+        free_gpus.put(gpus[i % len(gpus)])
     t0 = time.perf_counter()
 
     def one(i: int) -> dict[str, Any]:
@@ -381,7 +380,7 @@ def summarise(args, runs: list[dict[str, Any]]) -> dict[str, Any]:
             summary["vs_baseline_train_loss_after_switch"] = train_gap_after_switch(
                 mine, base, stage1
             )
-        leaks = [leak(r["evals"]) for r in mine]
+        leaks = [r["leak"] for r in summary["per_seed"]]
         if all(x and "lighthouse_minus_causal" in x for x in leaks):
             # Same weights, two selections: the look-ahead's share of the stage-1 val loss.
             summary["leak_lighthouse_minus_causal"] = paired(
@@ -397,11 +396,9 @@ def gap_by_eval_step(mine: list[dict], base: dict[int, dict]) -> dict[str, Any]:
     def by_step(r):
         return {e["step"]: e["val_loss_dense"] for e in r["evals"]}
 
-    common = set.intersection(*(set(by_step(r)) & set(by_step(base[r["seed"]])) for r in mine))
-    return {
-        str(step): paired([by_step(r)[step] - by_step(base[r["seed"]])[step] for r in mine])
-        for step in sorted(common)
-    }
+    pairs = [(by_step(r), by_step(base[r["seed"]])) for r in mine]
+    common = set.intersection(*(set(a) & set(b) for a, b in pairs))
+    return {str(step): paired([a[step] - b[step] for a, b in pairs]) for step in sorted(common)}
 
 
 def train_gap_after_switch(mine: list[dict], base: dict[int, dict], switch: int) -> dict:

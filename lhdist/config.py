@@ -625,11 +625,6 @@ def validate(cfg: Config, world_size: int) -> None:
             )
     if cfg.sparse_layers():
         check_lighthouse_layout(cfg)
-    if lh.dense_every < 0 or lh.dense_every == 1:
-        raise ValueError(
-            f"lighthouse.dense_every={lh.dense_every} must be 0 (never) or >= 2 (1 would make "
-            "every step dense: use lighthouse.enabled=false)"
-        )
     if not 0 <= t.stage1_steps <= t.steps:
         raise ValueError(f"train.stage1_steps={t.stage1_steps} must be in [0, steps={t.steps}]")
     for key in ("steps", "micro_batch_size", "grad_accum_steps", "log_every", "loss_chunk_tokens"):

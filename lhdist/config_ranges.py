@@ -20,6 +20,9 @@ AT_LEAST_0: Rule = ("an integer >= 0", lambda v: v >= 0)
 SEED: Rule = ("an integer in [0, 2**63)", lambda v: 0 <= v < 2**63)
 BETA: Rule = ("a number in [0, 1)", lambda v: 0 <= v < 1)
 FRACTION: Rule = ("a number in [0, 1]", lambda v: 0 <= v <= 1)
+# 1 would make every stage-1 step dense: that is lighthouse.enabled=false.
+EVERY_OR_NEVER: Rule = ("0 (never) or an integer >= 2 (1: use lighthouse.enabled=false)",
+                        lambda v: v == 0 or v >= 2)  # fmt: skip
 # Weights of std 1 already give activations of norm ~sqrt(dim); far beyond overflows fp32/bf16.
 INIT_STD: Rule = ("a number in (0, 1]", lambda v: 0 < v <= 1)
 
@@ -27,6 +30,7 @@ RANGES: dict[str, Rule] = {
     "model.rope_theta": POSITIVE,
     "model.norm_eps": POSITIVE,
     "model.init_std": INIT_STD,
+    "lighthouse.dense_every": EVERY_OR_NEVER,
     "parallel.timeout_s": AT_LEAST_1,
     "data.seed": SEED,
     "optim.lr": POSITIVE,
